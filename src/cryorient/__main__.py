@@ -1,0 +1,3 @@
+from cryorient.cli.main import entry_point
+
+entry_point()

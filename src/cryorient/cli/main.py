@@ -1,0 +1,53 @@
+"""The ``cryorient`` command: an explicit registry of subcommands."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import CryorientError
+from . import inspect_cmd, simulate, structures
+from .common import HelpFormatter, OneLineParser
+
+# name -> module with add_parser(subparsers) and run(args) -> int
+COMMANDS = {
+    "simulate": simulate,
+    "structures": structures,
+    "inspect": inspect_cmd,
+}
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog="cryorient",
+        description="Recover cryo-EM particle orientations from learned pairwise distances, "
+                    "and reconstruct the density.",
+        formatter_class=HelpFormatter,
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"cryorient {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    for name, module in COMMANDS.items():
+        module.add_parser(sub, name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CryorientError as exc:
+        print(f"cryorient {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cryorient {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `cryorient structures | head`
+        sys.stderr.close()
+        return 0
+
+
+def entry_point() -> None:
+    sys.exit(main())

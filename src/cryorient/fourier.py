@@ -1,0 +1,98 @@
+"""Fourier-space helpers shared by simulation, reconstruction and distance learning.
+
+Images are centred at index ``D // 2``; their transforms here use torch's unshifted rfft
+layout with the phase origin at the centre pixel (``ifftshift`` before the FFT).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def rfft2_centered(images: torch.Tensor) -> torch.Tensor:
+    """rfft2 of images ``(..., D, D)`` whose origin is the centre pixel ``D // 2``."""
+    return torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)))
+
+
+def irfft2_centered(spectra: torch.Tensor, box: int) -> torch.Tensor:
+    """Inverse of :func:`rfft2_centered`."""
+    return torch.fft.fftshift(torch.fft.irfft2(spectra, s=(box, box)), dim=(-2, -1))
+
+
+def rfft_freqs_2d(box: int, dtype=torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frequencies ``(ky, kx)`` in cycles/px on the ``(box, box // 2 + 1)`` rfft grid."""
+    ky = torch.fft.fftfreq(box, dtype=dtype, device=device)
+    kx = torch.fft.rfftfreq(box, dtype=dtype, device=device)
+    return ky[:, None].expand(box, kx.numel()), kx[None, :].expand(box, kx.numel())
+
+
+def phase_shift_spectra(spectra: torch.Tensor, shifts_px: torch.Tensor, box: int) -> torch.Tensor:
+    """Translate images given as centred rffts by ``shifts_px (..., 2)`` (x, y) pixels.
+
+    A positive x shift moves the content towards larger column indices.
+    """
+    ky, kx = rfft_freqs_2d(box, dtype=shifts_px.dtype, device=spectra.device)
+    sx = shifts_px[..., 0, None, None]
+    sy = shifts_px[..., 1, None, None]
+    phase = -2.0 * math.pi * (kx * sx + ky * sy)
+    return spectra * torch.polar(torch.ones_like(phase), phase)
+
+
+def shift_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
+    """Translate images ``(..., D, D)`` by sub-pixel shifts ``(..., 2)`` (x, y) in pixels."""
+    box = images.shape[-1]
+    return irfft2_centered(phase_shift_spectra(rfft2_centered(images), shifts_px, box), box)
+
+
+def radial_frequency_3d(box: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """|k| in cycles/px on the unshifted rfftn grid of a ``(box,)*3`` volume."""
+    k = torch.fft.fftfreq(box, dtype=dtype, device=device)
+    kx = torch.fft.rfftfreq(box, dtype=dtype, device=device)
+    return torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
+
+
+def raised_cosine(freq: torch.Tensor, cutoff: float, width: float) -> torch.Tensor:
+    """1 below ``cutoff - width``, 0 above ``cutoff``, a cosine edge in between."""
+    if width <= 0:
+        return (freq <= cutoff).to(freq.dtype)
+    t = ((freq - (cutoff - width)) / width).clamp(0.0, 1.0)
+    return 0.5 * (1.0 + torch.cos(math.pi * t))
+
+
+def lowpass_volume(volume: torch.Tensor, cutoff_cycles_per_px: float, edge_fraction: float = 0.15
+                   ) -> torch.Tensor:
+    """Low-pass a cubic volume so that nothing above ``cutoff`` (cycles/px) remains."""
+    box = volume.shape[-1]
+    freq = radial_frequency_3d(box, dtype=volume.dtype, device=volume.device)
+    filt = raised_cosine(freq, cutoff_cycles_per_px, edge_fraction * cutoff_cycles_per_px)
+    spectrum = torch.fft.rfftn(volume, dim=(-3, -2, -1)) * filt
+    return torch.fft.irfftn(spectrum, s=volume.shape[-3:], dim=(-3, -2, -1))
+
+
+def lowpass_images(images: torch.Tensor, cutoff_cycles_per_px: float, edge_fraction: float = 0.15
+                   ) -> torch.Tensor:
+    """Low-pass images ``(..., D, D)`` at ``cutoff`` cycles/px with a cosine edge."""
+    box = images.shape[-1]
+    ky, kx = rfft_freqs_2d(box, dtype=images.dtype, device=images.device)
+    filt = raised_cosine(torch.sqrt(kx**2 + ky**2), cutoff_cycles_per_px,
+                         edge_fraction * cutoff_cycles_per_px)
+    return torch.fft.irfft2(torch.fft.rfft2(images) * filt, s=(box, box))
+
+
+def fourier_crop(images: torch.Tensor, new_box: int) -> torch.Tensor:
+    """Downsample images ``(..., D, D)`` to ``(..., d, d)`` by cropping their spectrum.
+
+    The pixel size grows by ``D / d``; values are scaled so that the mean is preserved.
+    """
+    box = images.shape[-1]
+    if new_box == box:
+        return images
+    if new_box > box or new_box % 2 or box % 2:
+        raise ValueError(f"fourier_crop needs even sizes with new_box <= box, got {box}->{new_box}")
+    spec = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(images, dim=(-2, -1))), dim=(-2, -1))
+    lo = box // 2 - new_box // 2
+    spec = spec[..., lo:lo + new_box, lo:lo + new_box]
+    out = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(spec, dim=(-2, -1))), dim=(-2, -1))
+    return out.real * (new_box / box) ** 2

@@ -1,0 +1,1 @@
+"""Stage 0: simulated particle stacks (projection, shifts, CTF, noise)."""

@@ -1,0 +1,132 @@
+"""Projection of a volume along rotation matrices.
+
+:func:`project` is the production projector: the Fourier-slice theorem on a 2x zero-padded
+volume (so that trilinear interpolation in Fourier space is accurate; the real-space
+``sinc^2`` of the interpolation kernel is divided out beforehand), sampling only the
+``D x (D//2+1)`` frequencies of the output grid inside the Nyquist circle. It is our own
+code rather than torch-fourier-slice's ``project_3d_to_2d`` because, measured at the same
+padding and accuracy, that one re-transforms the padded volume on every call and samples
+the full padded slice: 150 images/s against ~2000 images/s here at 128 px on 2 cores
+(bench/simulate.py prints both).
+
+:func:`project_real_space` is an independent line-integral projector used as a reference
+in tests: ``image(x, y) = sum_z V(R (x, y, z)) dz`` with cubic-spline interpolation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..fourier import irfft2_centered
+
+
+@dataclass(frozen=True)
+class PreparedVolume:
+    """A volume's padded, centred 3D DFT, ready for slice extraction."""
+
+    dft: torch.Tensor  # (P+1, P+1, P+1) complex, fftshifted; the extra plane is zero
+    box: int  # D, the size of the original volume and of the projections
+    padded: int  # P = pad_factor * D
+
+
+def prepare_volume(volume: torch.Tensor, pad_factor: int = 2) -> PreparedVolume:
+    """Pad a ``(D, D, D)`` volume, divide out the trilinear ``sinc^2`` and transform it."""
+    if volume.ndim != 3 or len(set(volume.shape)) != 1:
+        raise ValueError(f"volume must be cubic (D, D, D), got {tuple(volume.shape)}")
+    box = volume.shape[-1]
+    padded = pad_factor * box
+    p = padded // 2 - box // 2  # keeps the centre: index box//2 -> padded//2 (odd boxes too)
+    vol = F.pad(volume, [p, padded - box - p] * 3)
+    c = torch.arange(padded, dtype=volume.dtype, device=volume.device) - padded // 2
+    s = torch.sinc(c / padded) ** 2
+    vol = vol / (s[:, None, None] * s[None, :, None] * s[None, None, :])
+    dft = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(vol)))
+    # One extra zero plane on the high side of each axis so that the +1 neighbours of
+    # trilinear interpolation never index out of bounds.
+    dft = torch.view_as_complex(F.pad(torch.view_as_real(dft), [0, 0, 0, 1, 0, 1, 0, 1]).contiguous())
+    return PreparedVolume(dft=dft, box=box, padded=padded)
+
+
+def _slice_coordinates(box: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-plane frequencies (cycles/px) of the rfft grid inside the Nyquist circle."""
+    ky = torch.fft.fftfreq(box, dtype=dtype, device=device)
+    kx = torch.fft.rfftfreq(box, dtype=dtype, device=device)
+    kyy, kxx = torch.meshgrid(ky, kx, indexing="ij")
+    mask = kxx**2 + kyy**2 < 0.25
+    return torch.stack([kxx[mask], kyy[mask]], dim=0), mask
+
+
+def project_spectra(prepared: PreparedVolume, rotmats: torch.Tensor) -> torch.Tensor:
+    """Central slices ``(B, D, D//2+1)``: the centred rfft2 of the projections along ``rotmats``.
+
+    ``rotmats (B, 3, 3)`` map detector xyz to volume xyz (see :mod:`cryorient.conventions`).
+    """
+    box, padded = prepared.box, prepared.padded
+    real_dtype = prepared.dft.real.dtype
+    pts, mask = _slice_coordinates(box, real_dtype, prepared.dft.device)
+    q = padded + 1
+    flat = prepared.dft.reshape(-1)
+    coords = rotmats.to(real_dtype)[:, :, :2] @ (pts * padded) + padded // 2  # (B, 3, n) xyz
+    c0 = coords.floor()
+    frac = coords - c0
+    i0 = c0.to(torch.int64)
+    base = (i0[:, 2] * q + i0[:, 1]) * q + i0[:, 0]
+    fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
+
+    def corner(offset: int) -> torch.Tensor:
+        return flat.take(base + offset)
+
+    def lerp(a, b, w):
+        return a + (b - a) * w
+
+    c00 = lerp(corner(0), corner(1), fx)
+    c01 = lerp(corner(q), corner(q + 1), fx)
+    c10 = lerp(corner(q * q), corner(q * q + 1), fx)
+    c11 = lerp(corner(q * q + q), corner(q * q + q + 1), fx)
+    values = lerp(lerp(c00, c01, fy), lerp(c10, c11, fy), fz)
+    out = torch.zeros(rotmats.shape[0], box, box // 2 + 1, dtype=prepared.dft.dtype,
+                      device=prepared.dft.device)
+    out[:, mask] = values
+    return out
+
+
+def project(volume: torch.Tensor | PreparedVolume, rotmats: torch.Tensor, batch_size: int = 256
+            ) -> torch.Tensor:
+    """Projections ``(B, D, D)`` of a volume along ``rotmats (B, 3, 3)``, in batches."""
+    prepared = volume if isinstance(volume, PreparedVolume) else prepare_volume(volume)
+    out = [irfft2_centered(project_spectra(prepared, rotmats[i:i + batch_size]), prepared.box)
+           for i in range(0, rotmats.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, prepared.box, prepared.box)
+
+
+def project_real_space(volume: torch.Tensor, rotmats: torch.Tensor, oversampling: int = 2
+                       ) -> torch.Tensor:
+    """Reference line-integral projector (slow; for tests): ``sum_z V(R (x, y, z)) dz``.
+
+    Independent of the Fourier machinery: cubic B-spline interpolation of the volume in real
+    space (scipy), integrated along z over ``[-D/2, D/2]`` (the inscribed sphere, where
+    cryorient volumes keep their content) with step ``1 / oversampling``.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    box = volume.shape[-1]
+    centre = box // 2
+    coeffs = ndimage.spline_filter(volume.detach().cpu().double().numpy(), order=3)
+    xy = np.arange(box, dtype=np.float64) - centre
+    z = np.linspace(-box / 2, box / 2, box * oversampling + 1)
+    yy, xx = np.meshgrid(xy, xy, indexing="ij")
+    images = []
+    for rot in rotmats.detach().cpu().double().numpy():
+        acc = np.zeros((box, box))
+        for zs in np.array_split(z, max(1, len(z) // 32)):
+            pts = np.stack(np.broadcast_arrays(xx[None], yy[None], zs[:, None, None]), axis=-1)
+            vpts = pts @ rot.T + centre  # volume-frame array coordinates, xyz
+            samples = ndimage.map_coordinates(coeffs, vpts[..., ::-1].reshape(-1, 3).T, order=3,
+                                              mode="constant", cval=0.0, prefilter=False)
+            acc += samples.reshape(len(zs), box, box).sum(0)
+        images.append(acc * (z[1] - z[0]))
+    return torch.as_tensor(np.stack(images), dtype=volume.dtype, device=volume.device)

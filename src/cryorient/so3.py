@@ -1,0 +1,148 @@
+"""Rotations: quaternions (xyzw) <-> rotation matrices <-> RELION Euler angles, sampling on
+SO(3), and the geodesic distance. See :mod:`cryorient.conventions` for the frame.
+
+Euler angles are for I/O only (RELION's rot, tilt, psi in degrees); everything inside the
+package uses rotation matrices or unit quaternions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import roma
+import torch
+
+from .errors import CryorientError
+
+_EULER = "ZYZ"  # intrinsic: R = Rz(rot) Ry(tilt) Rz(psi) = RELION's A(rot, tilt, psi)^T
+
+
+def normalize_quat(q: torch.Tensor) -> torch.Tensor:
+    """Scale quaternions ``(..., 4)`` to unit norm."""
+    return q / q.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+
+
+def canonical_quat(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions with ``w >= 0`` (q and -q are the same rotation)."""
+    q = normalize_quat(q)
+    return torch.where(q[..., 3:4] < 0, -q, q)
+
+
+def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions ``(..., 4)`` xyzw -> rotation matrices ``(..., 3, 3)``."""
+    return roma.unitquat_to_rotmat(normalize_quat(q))
+
+
+def rotmat_to_quat(rotmat: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(..., 3, 3)`` -> canonical unit quaternions ``(..., 4)`` xyzw."""
+    return canonical_quat(roma.rotmat_to_unitquat(rotmat))
+
+
+def euler_to_rotmat(rot_deg, tilt_deg, psi_deg) -> torch.Tensor:
+    """RELION Euler angles (degrees) -> our rotation matrices ``R = A(rot, tilt, psi)^T``.
+
+    Accepts tensors of a common shape ``(...)`` and returns ``(..., 3, 3)``; the dtype is
+    that of ``rot_deg``.
+    """
+    rot = torch.as_tensor(rot_deg)
+    angles = torch.stack(
+        [rot, torch.as_tensor(tilt_deg, dtype=rot.dtype), torch.as_tensor(psi_deg, dtype=rot.dtype)],
+        dim=-1,
+    )
+    if not torch.is_floating_point(angles):
+        angles = angles.to(torch.get_default_dtype())
+    return roma.euler_to_rotmat(_EULER, angles, degrees=True)
+
+
+def rotmat_to_euler(rotmat: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(..., 3, 3)`` -> RELION ``(rot, tilt, psi)`` in degrees ``(..., 3)``.
+
+    ``tilt`` is in ``[0, 180]``; ``rot`` and ``psi`` in ``(-180, 180]``.
+    """
+    # roma's Euler extraction is accurate to ~1e-6 rad in float32; do it in float64.
+    angles = roma.rotmat_to_euler(_EULER, rotmat.to(torch.float64), degrees=True)
+    return angles.to(rotmat.dtype)
+
+
+def sample_uniform_quats(n: int, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
+    """``n`` unit quaternions drawn from the Haar (uniform) measure on SO(3)."""
+    q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+    return canonical_quat(q).to(dtype)
+
+
+def sample_rotations(
+    n: int,
+    generator: torch.Generator,
+    rot_range_deg: tuple[float, float] = (-180.0, 180.0),
+    tilt_range_deg: tuple[float, float] = (0.0, 180.0),
+    psi_range_deg: tuple[float, float] = (-180.0, 180.0),
+    mode: str = "so3",
+    dtype=torch.float32,
+) -> torch.Tensor:
+    """Sample ``n`` rotation matrices with RELION angles inside the given ranges.
+
+    ``mode="so3"`` draws from the Haar measure restricted to the box (rot and psi uniform,
+    cos(tilt) uniform), which is exactly uniform on SO(3) for the full ranges.
+    ``mode="euler"`` draws each angle uniformly (the seed's "uniform_angles"; not uniform
+    on SO(3): it over-samples the poles).
+    """
+    if mode not in ("so3", "euler"):
+        raise CryorientError(f"unknown orientation sampling mode {mode!r}; use 'so3' or 'euler'")
+    lo_t, hi_t = tilt_range_deg
+    if not (0.0 <= lo_t < hi_t <= 180.0):
+        raise CryorientError(f"tilt range must satisfy 0 <= min < max <= 180, got {tilt_range_deg}")
+    u = torch.rand(n, 3, generator=generator, dtype=torch.float64)
+    rot = rot_range_deg[0] + (rot_range_deg[1] - rot_range_deg[0]) * u[:, 0]
+    psi = psi_range_deg[0] + (psi_range_deg[1] - psi_range_deg[0]) * u[:, 2]
+    if mode == "so3":
+        c_hi, c_lo = math.cos(math.radians(lo_t)), math.cos(math.radians(hi_t))
+        tilt = torch.rad2deg(torch.arccos((c_lo + (c_hi - c_lo) * u[:, 1]).clamp(-1.0, 1.0)))
+    else:
+        tilt = lo_t + (hi_t - lo_t) * u[:, 1]
+    return euler_to_rotmat(rot, tilt, psi).to(dtype)
+
+
+def geodesic_distance(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    """``d(q1, q2) = 2 arccos |<q1, q2>|`` in ``[0, pi]`` with finite gradients at 0.
+
+    Computed as ``4 asin(min(|q1 - q2|, |q1 + q2|) / 2)`` on normalised quaternions.
+    """
+    q1 = normalize_quat(q1)
+    q2 = normalize_quat(q2)
+    chord = torch.minimum((q1 - q2).norm(dim=-1), (q1 + q2).norm(dim=-1))
+    return 4.0 * torch.asin((0.5 * chord).clamp(max=1.0))
+
+
+def pairwise_distances(q: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Geodesic distances between quaternions ``q[i]`` and ``q[j]`` for index pairs."""
+    return geodesic_distance(q[i], q[j])
+
+
+def rotmat_angle(rotmat: torch.Tensor) -> torch.Tensor:
+    """Rotation angle in ``[0, pi]`` of rotation matrices ``(..., 3, 3)``."""
+    cos = 0.5 * (rotmat.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0)
+    # atan2 form: accurate near 0 and pi where arccos is not.
+    skew = torch.stack(
+        [
+            rotmat[..., 2, 1] - rotmat[..., 1, 2],
+            rotmat[..., 0, 2] - rotmat[..., 2, 0],
+            rotmat[..., 1, 0] - rotmat[..., 0, 1],
+        ],
+        dim=-1,
+    )
+    return torch.atan2(0.5 * skew.norm(dim=-1), cos)
+
+
+def rotmat_distance(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+    """Geodesic distance between rotation matrices: the angle of ``r1^T r2``."""
+    return rotmat_angle(r1.transpose(-1, -2) @ r2)
+
+
+def viewing_direction(rotmat: torch.Tensor) -> torch.Tensor:
+    """Unit viewing direction (the projection axis ``R e_z``) in the volume frame."""
+    return rotmat[..., :, 2]
+
+
+def project_to_so3(m: torch.Tensor) -> torch.Tensor:
+    """Nearest rotation matrix (special Procrustes) to each ``(..., 3, 3)`` matrix."""
+    return roma.special_procrustes(m)

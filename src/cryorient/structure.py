@@ -1,0 +1,126 @@
+"""Protein structures: reading PDB/mmCIF atoms with gemmi, and the bundled library.
+
+A structure can be named (one of the bundled PDB entries, see ``cryorient structures``) or
+given as a path to a PDB/mmCIF file (plain or .gz) or an MRC map.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+
+import gemmi
+import numpy as np
+
+from .errors import CryorientError, require_file
+
+DEFAULT_STRUCTURE = "1ake_adk_closed"
+ATOM_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
+MAP_SUFFIXES = (".mrc", ".map", ".ccp4")
+
+
+@dataclass(frozen=True)
+class StructureInfo:
+    """Summary of a structure: name, residue and atom counts, size."""
+
+    name: str
+    path: Path
+    n_chains: int
+    n_residues: int
+    n_atoms: int
+    diameter_angstrom: float  # twice the largest atom distance from the centre of mass
+    max_extent_angstrom: float  # largest side of the bounding box
+
+
+def _bundled_dir() -> Path:
+    return Path(str(importlib.resources.files("cryorient") / "data" / "structures"))
+
+
+def _strip_suffixes(name: str) -> str:
+    for suffix in (".gz", *ATOM_SUFFIXES):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def bundled_structures() -> dict[str, Path]:
+    """Names and paths of the structures shipped with the package."""
+    files = sorted(_bundled_dir().glob("*.gz"))
+    return {_strip_suffixes(p.name): p for p in files}
+
+
+def resolve_structure(name_or_path: str | Path) -> Path:
+    """A bundled structure's path, or the given path if it is a file."""
+    bundled = bundled_structures()
+    key = str(name_or_path)
+    if key in bundled:
+        return bundled[key]
+    p = Path(key)
+    if p.exists():
+        return require_file(p, "structure file")
+    if p.suffix or "/" in key:
+        raise CryorientError(f"structure file not found: {p} (check the path)")
+    close = [n for n in bundled if key.lower() in n.lower()][:5]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise CryorientError(
+        f"unknown structure {key!r}{hint}; run 'cryorient structures' for the bundled names "
+        "or give a PDB/mmCIF/MRC path"
+    )
+
+
+def structure_kind(path: Path) -> str:
+    """``"atoms"`` for PDB/mmCIF (plain or .gz), ``"map"`` for MRC/CCP4 maps."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    if name.endswith(ATOM_SUFFIXES):
+        return "atoms"
+    if name.endswith(MAP_SUFFIXES):
+        return "map"
+    raise CryorientError(
+        f"cannot tell the format of {path.name}: use a .pdb/.cif(.gz) atomic model or a .mrc map"
+    )
+
+
+def read_atoms(path: str | Path, keep_ligands: bool = False) -> gemmi.Structure:
+    """Read a PDB/mmCIF file into a cleaned gemmi Structure (first model only).
+
+    Hydrogens and waters are removed; ligands too unless ``keep_ligands``.
+    """
+    p = require_file(path, "structure file")
+    try:
+        st = gemmi.read_structure(str(p))
+    except Exception as exc:  # gemmi raises RuntimeError/ValueError with long messages
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CryorientError(f"cannot read structure {p.name}: {first}") from None
+    if len(st) == 0:
+        raise CryorientError(f"no atoms found in {p.name}: is it a PDB/mmCIF file?")
+    while len(st) > 1:
+        del st[1]
+    st.setup_entities()
+    st.remove_hydrogens()
+    if keep_ligands:
+        st.remove_waters()
+    else:
+        st.remove_ligands_and_waters()
+    st.remove_empty_chains()
+    if st[0].count_atom_sites() == 0:
+        raise CryorientError(f"no protein atoms found in {p.name}")
+    return st
+
+
+def atom_positions(st: gemmi.Structure) -> np.ndarray:
+    """``(n, 3)`` atom positions in Å (first model)."""
+    return np.array([a.pos.tolist() for ch in st[0] for res in ch for a in res], dtype=np.float64)
+
+
+def structure_info(name: str, path: Path) -> StructureInfo:
+    """Summary of a PDB/mmCIF structure (after cleaning)."""
+    st = read_atoms(path)
+    pos = atom_positions(st)
+    com = np.asarray(st[0].calculate_center_of_mass().tolist())
+    radius = float(np.linalg.norm(pos - com, axis=1).max())
+    extent = float((pos.max(0) - pos.min(0)).max())
+    n_res = sum(len(ch) for ch in st[0])
+    return StructureInfo(name, path, len(st[0]), n_res, len(pos), 2 * radius, extent)

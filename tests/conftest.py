@@ -1,0 +1,49 @@
+"""Shared fixtures: small volumes and stacks that keep the suite fast."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from cryorient.density import DensityOptions, load_volume
+
+
+@pytest.fixture(scope="session")
+def adk_volume_32() -> torch.Tensor:
+    """ADK density at box 32, 4 Å/px (band-limited at 10 Å)."""
+    return load_volume("1ake_adk_closed", DensityOptions(box=32, pixel_size=4.0))
+
+
+@pytest.fixture(scope="session")
+def adk_volume_64() -> torch.Tensor:
+    """ADK density at box 64, 2 Å/px (the simulator default)."""
+    return load_volume("1ake_adk_closed", DensityOptions(box=64, pixel_size=2.0))
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)
+
+
+def blob_volume(box: int, n_blobs: int = 24, sigma: float = 2.0, seed: int = 0,
+                dtype=torch.float32) -> torch.Tensor:
+    """Sum of Gaussian blobs (effectively band-limited) well inside the inscribed sphere."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.arange(box, dtype=torch.float64) - box // 2
+    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
+    vol = torch.zeros(box, box, box, dtype=torch.float64)
+    centres = torch.randn(n_blobs, 3, generator=g, dtype=torch.float64) * box / 10
+    for p in centres:
+        vol += torch.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2 + (z - p[2]) ** 2) / (2 * sigma**2))
+    return vol.to(dtype)
+
+
+def relion_available() -> bool:
+    return shutil.which("relion_project") is not None
+
+
+def run(cmd: list[str], cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
