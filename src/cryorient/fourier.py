@@ -31,13 +31,18 @@ def rfft_freqs_2d(box: int, dtype=torch.float32, device=None) -> tuple[torch.Ten
 def phase_shift_spectra(spectra: torch.Tensor, shifts_px: torch.Tensor, box: int) -> torch.Tensor:
     """Translate images given as centred rffts by ``shifts_px (..., 2)`` (x, y) pixels.
 
-    A positive x shift moves the content towards larger column indices.
+    A positive x shift moves the content towards larger column indices. The phase ramp is
+    separable, ``exp(-2 pi i kx sx) exp(-2 pi i ky sy)``, so only ``D + D//2 + 1`` phases per
+    image are evaluated.
     """
-    ky, kx = rfft_freqs_2d(box, dtype=shifts_px.dtype, device=spectra.device)
-    sx = shifts_px[..., 0, None, None]
-    sy = shifts_px[..., 1, None, None]
-    phase = -2.0 * math.pi * (kx * sx + ky * sy)
-    return spectra * torch.polar(torch.ones_like(phase), phase)
+    real = shifts_px.dtype if shifts_px.is_floating_point() else torch.float32
+    ky = torch.fft.fftfreq(box, dtype=real, device=spectra.device)
+    kx = torch.fft.rfftfreq(box, dtype=real, device=spectra.device)
+    phase_x = -2.0 * math.pi * kx * shifts_px[..., 0, None]
+    phase_y = -2.0 * math.pi * ky * shifts_px[..., 1, None]
+    ramp_x = torch.polar(torch.ones_like(phase_x), phase_x)
+    ramp_y = torch.polar(torch.ones_like(phase_y), phase_y)
+    return spectra * (ramp_y[..., :, None] * ramp_x[..., None, :])
 
 
 def shift_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:

@@ -119,17 +119,17 @@ class StackWriter:
         return self
 
     def write(self, images: torch.Tensor | np.ndarray) -> None:
-        arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if arr.shape[1:] != (self.box, self.box) or self.written + len(arr) > self.n:
-            raise ValueError(f"unexpected batch shape {arr.shape} at image {self.written}")
-        self._fh.write(arr.tobytes())
+        t = torch.as_tensor(images).detach().to("cpu", torch.float32).contiguous()
+        if t.shape[1:] != (self.box, self.box) or self.written + len(t) > self.n:
+            raise ValueError(f"unexpected batch shape {tuple(t.shape)} at image {self.written}")
+        t.numpy().tofile(self._fh)
+        lo, hi = torch.aminmax(t)
         s = self._stats
-        s[0] = min(s[0], float(arr.min()))
-        s[1] = max(s[1], float(arr.max()))
-        s[2] += float(arr.sum(dtype=np.float64))
-        s[3] += float(np.square(arr, dtype=np.float64).sum())
-        self.written += len(arr)
+        s[0] = min(s[0], float(lo))
+        s[1] = max(s[1], float(hi))
+        s[2] += float(t.sum())
+        s[3] += float(t.square().sum())
+        self.written += len(t)
 
     def __exit__(self, exc_type, exc, tb):
         self._fh.close()

@@ -12,24 +12,37 @@ def snr_to_db(snr: float) -> float:
     return math.inf if math.isinf(snr) else 10.0 * math.log10(snr)
 
 
+def image_variances(images: torch.Tensor) -> torch.Tensor:
+    """Per-image variance over the whole box, ``(..., D, D) -> (...)`` (two-pass, fast)."""
+    mean = images.mean(dim=(-2, -1), keepdim=True)
+    return (images - mean).square().mean(dim=(-2, -1))
+
+
 def noise_variance_for_snr(clean: torch.Tensor, snr: float) -> float:
     """Noise variance giving ``SNR = mean_i var(clean_i) / sigma^2`` for images ``(N, D, D)``."""
     if math.isinf(snr):
         return 0.0
-    signal = clean.double().flatten(1).var(dim=1, unbiased=False).mean()
-    return float(signal) / snr
+    return float(image_variances(clean).double().mean()) / snr
+
+
+def sample_noise(shape, variance: float, generator: torch.Generator, dtype=torch.float32,
+                 device=None) -> torch.Tensor:
+    """I.i.d. Gaussian noise of the given variance (zeros when the variance is 0)."""
+    if variance == 0:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    noise = torch.randn(shape, generator=generator, dtype=dtype)
+    return (math.sqrt(variance) * noise).to(device)
 
 
 def add_noise(images: torch.Tensor, variance: float, generator: torch.Generator) -> torch.Tensor:
     """Add i.i.d. Gaussian noise of the given variance to every pixel."""
     if variance == 0:
         return images
-    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
-    return images + math.sqrt(variance) * noise.to(images.device)
+    return images + sample_noise(images.shape, variance, generator, images.dtype, images.device)
 
 
 def measured_snr(clean: torch.Tensor, noisy: torch.Tensor) -> float:
     """SNR of a stack, measured: ``mean var(clean) / mean var(noisy - clean)``."""
-    signal = clean.double().flatten(1).var(dim=1, unbiased=False).mean()
-    noise = (noisy.double() - clean.double()).flatten(1).var(dim=1, unbiased=False).mean()
+    signal = image_variances(clean.double()).mean()
+    noise = image_variances(noisy.double() - clean.double()).mean()
     return math.inf if noise == 0 else float(signal / noise)

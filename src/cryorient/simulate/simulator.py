@@ -19,7 +19,7 @@ from ..ctf import CTFParams, CTFSampling, ctf_rfft, sample_ctf
 from ..errors import CryorientError, require_positive
 from ..fourier import irfft2_centered, phase_shift_spectra
 from ..particles import ANGLE_COLUMNS, DEFOCUS_COLUMNS, ImageStack, ParticleStack, make_optics
-from .noise import add_noise, noise_variance_for_snr
+from .noise import image_variances, noise_variance_for_snr, sample_noise
 from .projector import PreparedVolume, prepare_volume, project_spectra
 
 PILOT_SIZE = 1024  # particles used to measure the clean-image variance for the noise level
@@ -128,20 +128,22 @@ def simulate(volume: torch.Tensor, pixel_size: float, cfg: SimulationConfig,
         return render(prepared, truth.rotations[lo:hi], truth.shifts_px[lo:hi], ctf, pixel_size,
                       cfg.phase_flip)
 
+    starts = range(0, n, bs)
+    # The pilot's clean batches are kept and reused below (not recomputed).
+    pilot = ([] if cfg.noise_variance is not None
+             else [batch(lo, min(lo + bs, n)) for lo in starts if lo < min(PILOT_SIZE, n)])
     if cfg.noise_variance is not None:
         variance = float(cfg.noise_variance)
     else:
-        pilot = torch.cat([batch(lo, min(lo + bs, PILOT_SIZE, n))
-                           for lo in range(0, min(PILOT_SIZE, n), bs)])
-        variance = noise_variance_for_snr(pilot, cfg.snr)
+        variance = noise_variance_for_snr(torch.cat(pilot), cfg.snr)
     signal_sum, noise_sum = 0.0, 0.0
-    for lo in range(0, n, bs):
+    for k, lo in enumerate(starts):
         hi = min(lo + bs, n)
-        clean = batch(lo, hi)
-        noisy = add_noise(clean, variance, generator)
-        signal_sum += float(clean.double().flatten(1).var(dim=1, unbiased=False).sum())
-        noise_sum += float((noisy - clean).double().flatten(1).var(dim=1, unbiased=False).sum())
-        sink(noisy, clean)
+        clean = pilot[k] if k < len(pilot) else batch(lo, hi)
+        noise = sample_noise(clean.shape, variance, generator, clean.dtype, clean.device)
+        signal_sum += float(image_variances(clean).double().sum())
+        noise_sum += float(image_variances(noise).double().sum())
+        sink(clean + noise, clean)
         if progress is not None:
             progress(hi - lo)
     snr = math.inf if noise_sum == 0 else signal_sum / noise_sum
