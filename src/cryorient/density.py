@@ -112,11 +112,7 @@ def map_to_volume(data: np.ndarray, voxel_size: float, opts: DensityOptions, nam
     require_positive(voxel_size, f"voxel size of {name}")
     vol = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     res = max(opts.resolved_resolution(), 2 * voxel_size)
-    cube = max(vol.shape)
-    cube += cube % 2
-    padded = torch.zeros(cube, cube, cube)
-    padded[: vol.shape[0], : vol.shape[1], : vol.shape[2]] = vol
-    padded = lowpass_volume(padded, voxel_size / res).numpy()
+    padded = lowpass_volume(vol, voxel_size / res).numpy()
     # Mass: density above 2% of the maximum (ignores ripples and weak noise far out).
     mass = np.where(padded > 0.02 * padded.max(), padded, 0.0)
     if padded.max() <= 0:
@@ -146,3 +142,34 @@ def load_volume(structure: str | Path, opts: DensityOptions) -> torch.Tensor:
     if data.ndim != 3 or min(data.shape) < 2:
         raise CryorientError(f"map {path.name} must be a 3D volume, got shape {data.shape}")
     return map_to_volume(data, voxel, opts, path.name)
+
+
+def match_grid(data: np.ndarray, voxel_size: float, box: int, pixel_size: float) -> torch.Tensor:
+    """Put a map on another grid *in the same frame* (no re-centring): resample about the
+    centre ``n // 2`` when the voxel size differs, then pad or crop centrally to ``box``.
+
+    Used for reference maps, whose frame must be preserved for FSC comparisons.
+    """
+    from scipy import ndimage
+
+    vol = np.asarray(data, dtype=np.float64)
+    if abs(voxel_size - pixel_size) > 1e-4 * pixel_size:
+        shape_out = [max(2, round(n * voxel_size / pixel_size)) for n in vol.shape]
+        coords = [(np.arange(m) - m // 2) * (pixel_size / voxel_size) + n // 2
+                  for m, n in zip(shape_out, vol.shape)]
+        if pixel_size > voxel_size:  # downsampling: remove what the new grid cannot hold
+            vol = lowpass_volume(torch.from_numpy(vol), voxel_size / (2 * pixel_size)).numpy()
+        grid = np.meshgrid(*coords, indexing="ij")
+        vol = ndimage.map_coordinates(vol, grid, order=3, mode="constant", cval=0.0)
+        vol *= (pixel_size / voxel_size) ** 3
+    out = np.zeros((box, box, box))
+    src, dst = [], []
+    for n in vol.shape:
+        lo_in, lo_out = n // 2 - box // 2, 0
+        if lo_in < 0:
+            lo_out, lo_in = -lo_in, 0
+        length = min(n - lo_in, box - lo_out)
+        src.append(slice(lo_in, lo_in + length))
+        dst.append(slice(lo_out, lo_out + length))
+    out[tuple(dst)] = vol[tuple(src)]
+    return torch.from_numpy(out.astype(np.float32))

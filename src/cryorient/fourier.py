@@ -51,11 +51,14 @@ def shift_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
     return irfft2_centered(phase_shift_spectra(rfft2_centered(images), shifts_px, box), box)
 
 
-def radial_frequency_3d(box: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """|k| in cycles/px on the unshifted rfftn grid of a ``(box,)*3`` volume."""
-    k = torch.fft.fftfreq(box, dtype=dtype, device=device)
-    kx = torch.fft.rfftfreq(box, dtype=dtype, device=device)
-    return torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
+def radial_frequency_3d(shape: int | tuple[int, int, int], dtype=torch.float32, device=None
+                        ) -> torch.Tensor:
+    """|k| in cycles/px on the unshifted rfftn grid of a volume of ``shape`` (or a cube)."""
+    nz, ny, nx = (shape,) * 3 if isinstance(shape, int) else shape
+    kz = torch.fft.fftfreq(nz, dtype=dtype, device=device)
+    ky = torch.fft.fftfreq(ny, dtype=dtype, device=device)
+    kx = torch.fft.rfftfreq(nx, dtype=dtype, device=device)
+    return torch.sqrt(kz[:, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2)
 
 
 def raised_cosine(freq: torch.Tensor, cutoff: float, width: float) -> torch.Tensor:
@@ -68,12 +71,12 @@ def raised_cosine(freq: torch.Tensor, cutoff: float, width: float) -> torch.Tens
 
 def lowpass_volume(volume: torch.Tensor, cutoff_cycles_per_px: float, edge_fraction: float = 0.15
                    ) -> torch.Tensor:
-    """Low-pass a cubic volume so that nothing above ``cutoff`` (cycles/px) remains."""
-    box = volume.shape[-1]
-    freq = radial_frequency_3d(box, dtype=volume.dtype, device=volume.device)
+    """Low-pass a volume (any shape) so that nothing above ``cutoff`` (cycles/px) remains."""
+    shape = tuple(volume.shape[-3:])
+    freq = radial_frequency_3d(shape, dtype=volume.dtype, device=volume.device)
     filt = raised_cosine(freq, cutoff_cycles_per_px, edge_fraction * cutoff_cycles_per_px)
     spectrum = torch.fft.rfftn(volume, dim=(-3, -2, -1)) * filt
-    return torch.fft.irfftn(spectrum, s=volume.shape[-3:], dim=(-3, -2, -1))
+    return torch.fft.irfftn(spectrum, s=shape, dim=(-3, -2, -1))
 
 
 def lowpass_images(images: torch.Tensor, cutoff_cycles_per_px: float, edge_fraction: float = 0.15

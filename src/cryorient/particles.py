@@ -191,6 +191,24 @@ def make_optics(pixel_size: float, box: int, voltage_kv: float = 300.0, cs_mm: f
     })
 
 
+def load_orientations(path: str | Path) -> torch.Tensor:
+    """Rotation matrices ``(N, 3, 3)`` from a STAR file's angles or an npz of quaternions."""
+    from .io import load_npz
+
+    p = Path(path)
+    if p.suffix == ".npz":
+        q = torch.from_numpy(load_npz(p, required=("quaternions",))["quaternions"]).float()
+        if q.ndim != 2 or q.shape[1] != 4:
+            raise CryorientError(f"{p.name}: quaternions must be (N, 4), got {tuple(q.shape)}")
+        if not torch.isfinite(q).all():
+            raise CryorientError(f"{p.name}: quaternions contain NaN or infinite values")
+        return so3.quat_to_rotmat(q)
+    table, _ = _split_blocks(read_star(p), p.name)
+    require_columns(table.columns, ANGLE_COLUMNS, f"STAR file {p.name}", "it gives no orientations")
+    ang = torch.from_numpy(table[list(ANGLE_COLUMNS)].to_numpy(np.float64, copy=True))
+    return so3.euler_to_rotmat(ang[:, 0], ang[:, 1], ang[:, 2]).float()
+
+
 # --- reading --------------------------------------------------------------------------------
 
 

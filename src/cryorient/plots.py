@@ -78,17 +78,15 @@ def curves(series: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, x
         ax.axhline(y, color="gray", linestyle="--", linewidth=0.8)
         ax.annotate(label, (1.0, y), xycoords=("axes fraction", "data"), ha="right", va="bottom",
                     fontsize=8, color="gray")
-    for x, label in vlines:
-        ax.axvline(x, color="gray", linestyle=":", linewidth=0.8)
-        ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), ha="left", va="top",
-                    fontsize=8, color="gray", rotation=90)
+    for k, (x, label) in enumerate(vlines):
+        ax.axvline(x, color=f"C{k}", linestyle=":", linewidth=1.0, label=label)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    if len(series) > 1:
+    if len(series) > 1 or vlines:
         ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
@@ -147,7 +145,7 @@ def volume_slices(volumes: list[tuple[str, torch.Tensor]], path: str | Path, tit
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(("projection along " if projections else "central slice ⟂ ") + axis,
+                ax.set_title(("projection along " if projections else "central slice normal to ") + axis,
                              fontsize=9)
             if k == 0:
                 ax.set_ylabel(label)

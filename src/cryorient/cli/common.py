@@ -59,14 +59,13 @@ def setup(args: argparse.Namespace) -> torch.Generator:
     """Logging, threads and the seeded generator for a command."""
     logger = logging.getLogger("cryorient")
     logger.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    for h in logger.handlers:
+    for h in list(logger.handlers):
         if not isinstance(h, logging.FileHandler):
-            h.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    logger.addHandler(handler)
     threads = getattr(args, "threads", None)
     if threads is not None:
         if threads < 1:

@@ -1,0 +1,1 @@
+"""Stage 3: the volume from images and orientations (direct Fourier inversion) and FSC."""

@@ -1,0 +1,153 @@
+"""``cryorient reconstruct`` as library functions: half maps, FSC, figures and files."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import plots
+from ..density import match_grid
+from ..errors import CryorientError
+from ..io import atomic_output, read_mrc, write_mrc
+from ..particles import ParticleStack
+from .backproject import DEFAULT_WIENER, FourierAccumulator, finalize, insert_images
+from .fsc import Resolution, fsc, lowpass_to_resolution, resolution_at, shell_frequencies, soft_sphere_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReconstructOptions:
+    halves: bool = True
+    wiener: float = DEFAULT_WIENER
+    batch_size: int = 256
+    use_ctf: bool = True
+    mask: str = "sphere"  # FSC mask: sphere or none
+    lowpass: bool = False  # low-pass the final map at the half-map resolution
+
+
+@dataclass(frozen=True)
+class ReconstructionResult:
+    volume: torch.Tensor
+    half_maps: tuple[torch.Tensor, torch.Tensor] | None
+    fsc_halves: np.ndarray | None
+    resolution_halves: Resolution | None  # at 0.143
+    fsc_reference: np.ndarray | None
+    resolution_reference: Resolution | None  # at 0.5
+    pixel_size: float
+
+    def metrics(self) -> dict:
+        out = {"box": int(self.volume.shape[-1]), "pixel_size": self.pixel_size}
+        if self.resolution_halves is not None:
+            out["resolution_halves_0143_angstrom"] = round(self.resolution_halves.angstrom, 3)
+            out["halves_reach_nyquist"] = self.resolution_halves.reached_nyquist
+        if self.resolution_reference is not None:
+            out["resolution_vs_reference_05_angstrom"] = round(self.resolution_reference.angstrom, 3)
+            out["reference_reaches_nyquist"] = self.resolution_reference.reached_nyquist
+        return out
+
+
+def load_reference(path: str | Path, box: int, pixel_size: float) -> torch.Tensor:
+    """A reference map on the stack's grid, in its own frame (pad/crop, resample if needed)."""
+    data, voxel = read_mrc(path, "reference map")
+    if data.ndim != 3 or data.shape[0] < 2:
+        raise CryorientError(f"reference map {Path(path).name} must be a 3D volume, got {data.shape}")
+    if data.shape != (box, box, box) or abs(voxel - pixel_size) > 1e-3 * pixel_size:
+        log.warning("reference %s (%s at %.4g Å) resampled to box %d at %.4g Å in its own frame",
+                    Path(path).name, "x".join(map(str, data.shape[::-1])), voxel, box, pixel_size)
+    return match_grid(data, voxel, box, pixel_size)
+
+
+def reconstruct(stack: ParticleStack, rotations: torch.Tensor, opts: ReconstructOptions,
+                generator: torch.Generator, reference: torch.Tensor | None = None,
+                progress: Callable[[int], None] | None = None) -> ReconstructionResult:
+    """Reconstruct ``stack`` with ``rotations (N, 3, 3)`` and the stack's origins (and CTF).
+
+    With ``opts.halves`` the particles are split at random into two halves, each
+    reconstructed; the full map is the sum of both accumulators (no extra insertion).
+    """
+    n = stack.n
+    if rotations.shape != (n, 3, 3):
+        raise CryorientError(f"{rotations.shape[0]} orientations for {n} images; they must match")
+    if not torch.isfinite(rotations).all():
+        raise CryorientError("orientations contain NaN or infinite values")
+    if opts.halves and n < 2:
+        raise CryorientError(f"half maps need at least 2 particles, the stack has {n}")
+    origins_px = stack.shifts_angstrom() / stack.pixel_size
+    ctf = stack.ctf() if opts.use_ctf else None
+
+    def accumulate(indices: np.ndarray) -> FourierAccumulator:
+        acc = FourierAccumulator.empty(stack.box)
+        for idx, images in stack.images.batches(opts.batch_size, indices):
+            t = torch.as_tensor(idx)
+            insert_images(acc, images, rotations[t], origins_px[t],
+                          ctf.subset(t) if ctf is not None else None, stack.pixel_size)
+            if progress is not None:
+                progress(len(idx))
+        return acc
+
+    mask = soft_sphere_mask(stack.box) if opts.mask == "sphere" else None
+    if opts.halves:
+        perm = torch.randperm(n, generator=generator).numpy()
+        halves = (np.sort(perm[: n // 2]), np.sort(perm[n // 2:]))
+        acc1, acc2 = accumulate(halves[0]), accumulate(halves[1])
+        h1, h2 = finalize(acc1, opts.wiener), finalize(acc2, opts.wiener)
+        volume = finalize(acc1 + acc2, opts.wiener)
+        curve = fsc(h1, h2, mask)
+        res = resolution_at(curve, stack.box, stack.pixel_size, 0.143)
+        half_maps = (h1, h2)
+    else:
+        volume = finalize(accumulate(np.arange(n)), opts.wiener)
+        curve, res, half_maps = None, None, None
+    if opts.lowpass and res is not None:
+        volume = lowpass_to_resolution(volume, stack.pixel_size, res.angstrom)
+    ref_curve = ref_res = None
+    if reference is not None:
+        ref_curve = fsc(volume, reference, mask)
+        ref_res = resolution_at(ref_curve, stack.box, stack.pixel_size, 0.5)
+    return ReconstructionResult(volume, half_maps, curve, res, ref_curve, ref_res, stack.pixel_size)
+
+
+def write_reconstruction(result: ReconstructionResult, outdir: Path,
+                         reference: torch.Tensor | None = None) -> None:
+    """Maps, ``fsc.csv`` and figures (FSC curve, central slices, orthogonal projections)."""
+    px = result.pixel_size
+    box = int(result.volume.shape[-1])
+    write_mrc(outdir / "reconstruction.mrc", result.volume, px)
+    if result.half_maps is not None:
+        write_mrc(outdir / "half1.mrc", result.half_maps[0], px)
+        write_mrc(outdir / "half2.mrc", result.half_maps[1], px)
+    freqs = shell_frequencies(box, px)
+    with atomic_output(outdir / "fsc.csv") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["shell", "frequency_per_angstrom", "resolution_angstrom", "fsc_halves",
+                    "fsc_vs_reference"])
+        for k, f in enumerate(freqs):
+            w.writerow([k, f"{f:.6f}", f"{1 / f:.3f}" if f > 0 else "inf",
+                        "" if result.fsc_halves is None else f"{result.fsc_halves[k]:.5f}",
+                        "" if result.fsc_reference is None else f"{result.fsc_reference[k]:.5f}"])
+    series, vlines = [], []
+    if result.fsc_halves is not None:
+        series.append(("half maps", freqs, result.fsc_halves))
+        r = result.resolution_halves
+        vlines.append((r.frequency, f"{r.angstrom:.1f} Å @0.143"))
+    if result.fsc_reference is not None:
+        series.append(("vs reference", freqs, result.fsc_reference))
+        r = result.resolution_reference
+        vlines.append((r.frequency, f"{r.angstrom:.1f} Å @0.5"))
+    if series:
+        plots.curves(series, outdir / "figures" / "fsc.png", "spatial frequency (1/Å)", "FSC",
+                     title="Fourier shell correlation",
+                     hlines=[(0.143, "0.143"), (0.5, "0.5")], vlines=vlines)
+    vols = [("reconstruction", result.volume)]
+    if reference is not None:
+        vols.append(("reference", reference))
+    plots.volume_slices(vols, outdir / "figures" / "central_slices.png", title="Central slices")
+    plots.volume_slices(vols, outdir / "figures" / "projections.png", projections=True,
+                        title="Orthogonal projections")
