@@ -65,9 +65,10 @@ def sample_ctf(n: int, cfg: CTFSampling, generator: torch.Generator) -> CTFParam
     )
 
 
-def ctf_rfft(params: CTFParams, box: int, pixel_size: float, phase_flip: bool = False
-             ) -> torch.Tensor:
-    """CTF of each particle on the unshifted rfft grid: ``(N, box, box // 2 + 1)``.
+def ctf_rfft(params: CTFParams, box: int, pixel_size: float, phase_flip: bool = False,
+             full_centred: bool = False) -> torch.Tensor:
+    """CTF of each particle on the unshifted rfft grid: ``(N, box, box // 2 + 1)`` (or, with
+    ``full_centred``, on the full fftshifted grid ``(N, box, box)``).
 
     Sign as RELION: ``CTF = sin(pi lambda df k^2 - pi/2 Cs lambda^3 k^4 + asin(Q))``, i.e.
     ``+Q`` at the origin and positive at low frequency for underfocus (``df > 0``).
@@ -76,8 +77,8 @@ def ctf_rfft(params: CTFParams, box: int, pixel_size: float, phase_flip: bool = 
     du = params.defocus_u_angstrom.double()
     dv = params.defocus_v_angstrom.double()
     # torch-ctf's defocus is in micrometres as mean and half-difference; its astigmatism
-    # angle on our unshifted rfft grid equals rlnDefocusAngle (pinned against
-    # relion_project --ctf in tests/test_relion_oracle.py).
+    # angle on our grids equals rlnDefocusAngle (pinned against relion_project --ctf in
+    # tests/test_relion_oracle.py).
     ctf = calculate_ctf_2d(
         defocus=(du + dv) / 2e4,
         astigmatism=(du - dv) / 2e4,
@@ -88,8 +89,8 @@ def ctf_rfft(params: CTFParams, box: int, pixel_size: float, phase_flip: bool = 
         phase_shift=0.0,
         pixel_size=pixel_size,
         image_shape=(box, box),
-        rfft=True,
-        fftshift=False,
+        rfft=not full_centred,
+        fftshift=full_centred,
     ).float()
     return torch.sign(ctf) if phase_flip else ctf
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import CryorientError
-from . import inspect_cmd, reconstruct, simulate, structures
+from . import inspect_cmd, reconstruct, recover, simulate, structures
 from .common import HelpFormatter, OneLineParser
 
 # name -> module with add_parser(subparsers) and run(args) -> int
@@ -13,6 +13,7 @@ COMMANDS = {
     "simulate": simulate,
     "structures": structures,
     "inspect": inspect_cmd,
+    "recover": recover,
     "reconstruct": reconstruct,
 }
 

@@ -1,0 +1,1 @@
+"""Stage 2: orientations from pairwise distances; the ambiguity; alignment for evaluation."""

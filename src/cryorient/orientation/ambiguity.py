@@ -1,0 +1,278 @@
+"""Resolving what the distances cannot see, from the images alone.
+
+Distances are unchanged by ``R_i -> A R_i B`` and ``R_i -> A R_i^T B`` (O(4) on quaternions);
+the images only by ``A`` (a global rotation) and the hand. So the recovered set ``{R_i}`` is
+``{G T_i C}`` with ``T_i`` the truth or its transpose and ``C`` unknown. We look for the branch
+(transposed or not) and the right factor ``E`` that make the images self-consistent, scored
+by **common lines**: the central sections of images i and j share the line along
+``u = n_i x n_j`` (``n = R e_z``), found in image i at in-plane angle ``atan2(R_i^T u)``.
+
+Lines are compared as Fourier *magnitudes* (shift-invariant, so unknown particle shifts do
+not matter), CTF-corrected (Wiener) when the STAR carries CTF parameters, whitened by the
+mean radial power and normalised. The score of a candidate is the sin-weighted mean
+correlation over a few thousand image pairs. The search is coarse-to-fine: a table of
+line-line correlations (2 deg) is looked up for ~10^4 candidates ``E`` in each branch, then
+the best few are refined by a pattern search on directly interpolated lines down to 0.02
+deg. Candidates ``E`` and ``E Rz(pi)`` are the two hands and score alike; the reported margin
+compares the winner with the best candidate that is neither (more than 15 deg from both).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import roma
+import torch
+import torch.nn.functional as F
+
+from ..ctf import CTFParams, ctf_rfft
+from ..so3 import quat_to_rotmat, rotmat_distance, sample_uniform_quats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AmbiguityOptions:
+    n_images: int = 2000  # images used for the common-lines score
+    coarse_pairs: int = 6000  # pairs for the coarse search
+    n_pairs: int = 40000  # pairs for re-scoring and refinement
+    n_angles: int = 360  # line angles over [0, pi) for the fine search
+    coarse_angles: int = 45  # the coarse correlation table (4 deg)
+    n_candidates: int = 8000  # coarse candidates per branch (~9 deg apart)
+    radius_min: float = 2.0  # px (Fourier radius)
+    coarse_radius_fraction: float = 0.125  # of the box: smooth lines for the coarse search
+    fine_radius_fraction: float = 0.25  # of the box: radii weighted by their measured SNR
+    rescore_top: int = 24  # coarse winners re-scored per branch on all pairs
+    refine_top: int = 2  # of which the best are refined per branch
+    twin_exclusion_deg: float = 15.0
+
+
+@dataclass(frozen=True)
+class AmbiguityResult:
+    rotations: torch.Tensor  # (N, 3, 3) corrected: R_i E or R_i^T E
+    transposed: bool
+    right_factor: torch.Tensor  # E (3, 3)
+    score: float  # refined common-lines score of the winner
+    runner_up: float  # refined score of the best candidate that is neither winner nor twin
+    margin: float  # (score - runner_up) / score
+    coarse_z: float  # winner's coarse score in standard deviations above the candidates' mean
+
+    def metrics(self) -> dict:
+        return {"transposed": self.transposed, "score": self.score, "runner_up": self.runner_up,
+                "margin": self.margin, "coarse_z": self.coarse_z,
+                "right_factor": self.right_factor.tolist()}
+
+
+def polar_lines(images: torch.Tensor, n_angles: int, radii: torch.Tensor,
+                ctf: CTFParams | None = None, pixel_size: float = 1.0) -> torch.Tensor:
+    """Fourier magnitudes of images ``(B, D, D)`` on a polar grid: ``(B, n_angles, R)`` with
+    angles ``k pi / n_angles`` (magnitudes are pi-periodic) and the given radii (px).
+    With CTF parameters the magnitudes are Wiener-corrected: ``|F| |CTF| / (CTF^2 + 0.1)``."""
+    box = images.shape[-1]
+    centred = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(images.float(), dim=(-2, -1))),
+                                 dim=(-2, -1))
+    mag = centred.abs()
+    if ctf is not None:
+        c = ctf_rfft(ctf, box, pixel_size, full_centred=True)
+        mag = mag * c.abs() / (c * c + 0.1)
+    ang = torch.arange(n_angles, dtype=torch.float32) * math.pi / n_angles
+    x = radii[None, :] * torch.cos(ang)[:, None]
+    y = radii[None, :] * torch.sin(ang)[:, None]
+    centre = box // 2
+    grid = torch.stack([(x + centre) / (box - 1) * 2 - 1, (y + centre) / (box - 1) * 2 - 1], dim=-1)
+    return F.grid_sample(mag[:, None], grid[None].expand(images.shape[0], -1, -1, -1),
+                         mode="bilinear", align_corners=True)[:, 0]
+
+
+def normalise_lines(lines: torch.Tensor) -> torch.Tensor:
+    """Standardise every radius over all images and angles (zero mean, unit variance), so
+    that the sum over radii of ``x_i(r) x_j(r)`` is a correlation with per-radius weights."""
+    mean = lines.mean(dim=(0, 1), keepdim=True)
+    std = lines.std(dim=(0, 1), keepdim=True).clamp_min(1e-12)
+    x = (lines - mean) / std
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * math.sqrt(x.shape[-1])
+
+
+def radius_weights(lines: torch.Tensor, rot: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor
+                   ) -> torch.Tensor:
+    """Weights per radius from the common lines of a candidate: with ``rho(r)`` the mean
+    product of the standardised lines at radius r (a correlation coefficient), weight
+    ``rho / (1 - rho)`` (signal over noise; zero where no signal is measured)."""
+    ai, aj, s = common_line_angles(rot[pi], rot[pj])
+    prod = _interp_lines(lines, pi, ai) * _interp_lines(lines, pj, aj)  # (P, R)
+    rho = ((s[:, None] * prod).sum(0) / s.sum().clamp_min(1e-12)).clamp(0.0, 0.95)
+    return rho / (1 - rho)
+
+
+def common_line_angles(rot_i: torch.Tensor, rot_j: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """In-plane angles (mod pi) of the common line in images i and j, and ``|n_i x n_j|``."""
+    u = torch.cross(rot_i[..., :, 2], rot_j[..., :, 2], dim=-1)
+    s = u.norm(dim=-1)
+    ci = (rot_i.transpose(-1, -2) @ u[..., None])[..., 0]
+    cj = (rot_j.transpose(-1, -2) @ u[..., None])[..., 0]
+    ai = torch.remainder(torch.atan2(ci[..., 1], ci[..., 0]), math.pi)
+    aj = torch.remainder(torch.atan2(cj[..., 1], cj[..., 0]), math.pi)
+    return ai, aj, s
+
+
+def _interp_lines(lines: torch.Tensor, img: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Lines of images ``img`` at continuous angles (linear interpolation, period pi)."""
+    n_angles = lines.shape[1]
+    pos = angle * (n_angles / math.pi)
+    k0 = pos.floor().long()
+    t = (pos - k0)[..., None]
+    a = lines[img, k0 % n_angles]
+    b = lines[img, (k0 + 1) % n_angles]
+    return a + (b - a) * t
+
+
+def score_direct(lines: torch.Tensor, rot: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor,
+                 weights: torch.Tensor) -> torch.Tensor:
+    """Common-lines score of orientations ``rot (..., M, 3, 3)`` of the subset images: the
+    ``|n_i x n_j|``-weighted mean over pairs of the radius-weighted line correlation."""
+    ai, aj, s = common_line_angles(rot[..., pi, :, :], rot[..., pj, :, :])
+    li = _interp_lines(lines, pi, ai)
+    lj = _interp_lines(lines, pj, aj)
+    corr = (li * lj * weights).sum(-1) / weights.sum().clamp_min(1e-12)
+    return (s * corr).sum(-1) / s.sum(-1).clamp_min(1e-12)
+
+
+def _coarse_scores(table: torch.Tensor, base: torch.Tensor, cands: torch.Tensor, pi: torch.Tensor,
+                   pj: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """Scores of candidates ``E`` (C, 3, 3) for orientations ``base @ E`` via the table.
+
+    With ``M = R_i^T R_j`` and ``e = E e_z``: ``R_i'^T u = E^T (e x M e)`` and
+    ``R_j'^T u = E^T (M^T e x e)``, so no per-candidate matrix products are needed."""
+    p, lc, _ = table.shape
+    flat = table.reshape(-1)
+    offs = torch.arange(p) * lc * lc
+    rel = base[pi].transpose(-1, -2) @ base[pj]  # (P, 3, 3)
+    out = torch.empty(cands.shape[0])
+    for lo in range(0, cands.shape[0], chunk):
+        cand = cands[lo:lo + chunk]  # (c, 3, 3)
+        e = cand[:, :, 2]  # (c, 3)
+        me = torch.einsum("pij,cj->cpi", rel, e)
+        mte = torch.einsum("pji,cj->cpi", rel, e)
+        ee = e[:, None, :].expand_as(me)
+        vi = torch.cross(ee, me, dim=-1)
+        vj = torch.cross(mte, ee, dim=-1)
+        s = vi.norm(dim=-1)
+        # in-plane coordinates: dot with the first two columns of E
+        ai = torch.remainder(torch.atan2(torch.einsum("cpi,ci->cp", vi, cand[:, :, 1]),
+                                         torch.einsum("cpi,ci->cp", vi, cand[:, :, 0])), math.pi)
+        aj = torch.remainder(torch.atan2(torch.einsum("cpi,ci->cp", vj, cand[:, :, 1]),
+                                         torch.einsum("cpi,ci->cp", vj, cand[:, :, 0])), math.pi)
+        a = torch.round(ai * (lc / math.pi)).long() % lc  # nearest table entry: the coarse
+        b = torch.round(aj * (lc / math.pi)).long() % lc  # stage only has to find the basin
+        val = flat[offs + a * lc + b]
+        out[lo:lo + chunk] = (s * val).sum(-1) / s.sum(-1).clamp_min(1e-12)
+    return out
+
+
+def _pattern_search(lines, base, e0, pi, pj, weights, start_deg=3.0, stop_deg=0.02
+                    ) -> tuple[torch.Tensor, float]:
+    """Local maximisation of the direct score over ``E = e0 exp(w)``: try +-step along each
+    axis, move when better, halve the step otherwise."""
+    e = e0.clone()
+    best = float(score_direct(lines, base @ e, pi, pj, weights))
+    step = math.radians(start_deg)
+    dirs = torch.cat([torch.eye(3), -torch.eye(3)])
+    while step > math.radians(stop_deg):
+        trial = e @ roma.rotvec_to_rotmat(dirs * step)  # (6, 3, 3)
+        scores = score_direct(lines, base[None] @ trial[:, None], pi, pj, weights)
+        k = int(scores.argmax())
+        if float(scores[k]) > best:
+            best, e = float(scores[k]), trial[k]
+        else:
+            step /= 2
+    return e, best
+
+
+def _random_pairs(m: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    n = min(n, m * (m - 1) // 2)
+    pi = torch.randint(0, m, (2 * n + 16,), generator=generator)
+    pj = torch.randint(0, m, (2 * n + 16,), generator=generator)
+    keep = pi != pj
+    return pi[keep][:n], pj[keep][:n]
+
+
+def _distinct(cands: torch.Tensor, order: torch.Tensor, count: int, min_deg: float) -> list[int]:
+    """The first ``count`` indices of ``order`` at least ``min_deg`` apart."""
+    picked: list[int] = []
+    for k in order.tolist():
+        if all(float(rotmat_distance(cands[k], cands[p])) > math.radians(min_deg) for p in picked):
+            picked.append(k)
+            if len(picked) == count:
+                break
+    return picked
+
+
+def resolve(rotations: torch.Tensor, images: torch.Tensor, opts: AmbiguityOptions,
+            generator: torch.Generator, ctf: CTFParams | None = None, pixel_size: float = 1.0
+            ) -> AmbiguityResult:
+    """Choose the branch and right factor of ``rotations (N, 3, 3)`` from the images.
+
+    ``images`` are the subset's images (``(M, D, D)``, M <= N) and ``rotations`` must be
+    the corresponding recovered orientations *of those images first*: the caller passes the
+    subset; the returned :class:`AmbiguityResult` holds ``E`` and the branch, which the caller
+    applies to all particles with :func:`apply`.
+    """
+    m, box = images.shape[0], images.shape[-1]
+
+    def lines_for(fraction: float, n_angles: int) -> torch.Tensor:
+        radii = torch.arange(opts.radius_min, max(opts.radius_min + 4, fraction * box))
+        return normalise_lines(polar_lines(images, n_angles, radii.float(), ctf, pixel_size))
+
+    lines = lines_for(opts.fine_radius_fraction, opts.n_angles)
+    coarse = lines_for(opts.coarse_radius_fraction, opts.coarse_angles)
+    pi, pj = _random_pairs(m, opts.n_pairs, generator)
+    ci, cj = pi[: opts.coarse_pairs], pj[: opts.coarse_pairs]
+    r_coarse = coarse.shape[-1]
+    table = torch.cat([coarse[ci[k:k + 4096]] @ coarse[cj[k:k + 4096]].transpose(-1, -2)
+                       for k in range(0, ci.shape[0], 4096)]) / r_coarse  # (P, Lc, Lc)
+    cands = quat_to_rotmat(sample_uniform_quats(opts.n_candidates, generator))
+    flat_weights = torch.ones(lines.shape[-1])
+    z_stats = []
+    shortlist = []  # (score on all pairs, transposed, E)
+    for transposed in (False, True):
+        base = rotations.transpose(-1, -2) if transposed else rotations
+        sc = _coarse_scores(table, base, cands, ci, cj)
+        z_stats.append(sc)
+        top = _distinct(cands, torch.argsort(sc, descending=True), opts.rescore_top, 10.0)
+        rescored = score_direct(lines, base[None] @ cands[top][:, None], pi, pj, flat_weights)
+        shortlist += [(float(v), transposed, cands[k]) for v, k in zip(rescored, top)]
+    shortlist.sort(key=lambda r: -r[0])
+    _, t0, e0 = shortlist[0]
+    base0 = rotations.transpose(-1, -2) if t0 else rotations
+    weights = radius_weights(lines, base0 @ e0, pi, pj)
+    if float(weights.sum()) <= 0:
+        weights = flat_weights
+    results = []
+    for transposed in (False, True):
+        base = rotations.transpose(-1, -2) if transposed else rotations
+        mine = [r for r in shortlist if r[1] == transposed][: opts.refine_top]
+        for _, _, c in mine:
+            e, s_ = _pattern_search(lines, base, c, pi, pj, weights)
+            results.append((s_, transposed, e))
+    results.sort(key=lambda r: -r[0])
+    best_s, best_t, best_e = results[0]
+    twin = best_e @ roma.rotvec_to_rotmat(torch.tensor([0.0, 0.0, math.pi]))
+    excl = math.radians(opts.twin_exclusion_deg)
+    others = [s for s, t, e in results[1:]
+              if t != best_t or (float(rotmat_distance(e, best_e)) > excl
+                                 and float(rotmat_distance(e, twin)) > excl)]
+    runner = max(others) if others else float("nan")
+    all_sc = torch.cat(z_stats)
+    z = float((all_sc.max() - all_sc.mean()) / all_sc.std().clamp_min(1e-12))
+    margin = (best_s - runner) / abs(best_s) if others else float("nan")
+    log.info("ambiguity: %s branch, common-lines score %.4f, runner-up %.4f (margin %.1f%%)",
+             "transposed" if best_t else "direct", best_s, runner, 100 * margin)
+    corrected = apply(rotations, best_t, best_e)
+    return AmbiguityResult(corrected, best_t, best_e, best_s, runner, margin, z)
+
+
+def apply(rotations: torch.Tensor, transposed: bool, right_factor: torch.Tensor) -> torch.Tensor:
+    base = rotations.transpose(-1, -2) if transposed else rotations
+    return base @ right_factor.to(rotations.dtype)

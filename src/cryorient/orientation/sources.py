@@ -1,0 +1,124 @@
+"""Distance sources, one interface: ``distances(i, j) -> radians`` for index pairs.
+
+- ``true``: the geodesic distance between the ground-truth orientations (a baseline that
+  reads the truth; the upper bound of what recovery can do);
+- ``perturbed:S``: true + Gaussian noise of standard deviation S radians, drawn once per
+  pair and clipped to [0, pi] (the seed's sensitivity study re-drew it at every step,
+  which averages it away; a fixed draw is the harder, realistic case);
+- ``euclidean``: the seed's baseline, the Euclidean distance between (downsampled,
+  standardised) images. It has no radian scale, so it is mapped monotonically onto radians
+  by quantile matching: the k-th smallest image distance becomes the k-th quantile of the
+  geodesic distance between uniformly random rotations, whose CDF is ``(d - sin d) / pi``;
+- ``model[:PATH]``: the learned Siamese distance (:mod:`cryorient.distance`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..errors import CryorientError
+from ..fourier import fourier_crop
+from ..particles import ParticleStack
+from ..so3 import geodesic_distance, rotmat_to_quat
+
+
+class DistanceSource(Protocol):
+    name: str
+
+    def distances(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class TrueDistances:
+    quaternions: torch.Tensor
+    name: str = "true"
+
+    def distances(self, i, j):
+        return geodesic_distance(self.quaternions[i], self.quaternions[j])
+
+
+@dataclass(frozen=True)
+class PerturbedDistances:
+    quaternions: torch.Tensor
+    sigma: float
+    generator: torch.Generator
+    name: str = "perturbed"
+
+    def distances(self, i, j):
+        d = geodesic_distance(self.quaternions[i], self.quaternions[j])
+        noise = torch.randn(d.shape, generator=self.generator, dtype=d.dtype)
+        return (d + self.sigma * noise).clamp(0.0, math.pi)
+
+
+def uniform_distance_quantile(u: torch.Tensor) -> torch.Tensor:
+    """Inverse CDF of the angle between two uniformly random rotations, ``(d - sin d)/pi``."""
+    grid = torch.linspace(0, math.pi, 4097, dtype=torch.float64)
+    cdf = (grid - torch.sin(grid)) / math.pi
+    idx = torch.searchsorted(cdf, u.double().clamp(0, 1)).clamp(1, grid.numel() - 1)
+    c0, c1 = cdf[idx - 1], cdf[idx]
+    t = (u.double() - c0) / (c1 - c0).clamp_min(1e-15)
+    return (grid[idx - 1] + t * (grid[idx] - grid[idx - 1])).float()
+
+
+@dataclass(frozen=True)
+class EuclideanDistances:
+    features: torch.Tensor  # (N, F) standardised, downsampled images
+    name: str = "euclidean"
+
+    def raw(self, i, j):
+        return (self.features[i] - self.features[j]).norm(dim=-1)
+
+    def distances(self, i, j):
+        raw = torch.cat([self.raw(i[k:k + 65536], j[k:k + 65536]) for k in range(0, len(i), 65536)])
+        ranks = torch.empty_like(raw)
+        ranks[torch.argsort(raw)] = torch.arange(raw.numel(), dtype=raw.dtype)
+        return uniform_distance_quantile((ranks + 0.5) / raw.numel())
+
+
+def euclidean_features(stack: ParticleStack, size: int = 32, batch_size: int = 512) -> torch.Tensor:
+    """Images downsampled (Fourier crop) to ``size`` px and standardised, flattened."""
+    size = min(size, stack.box - stack.box % 2)
+    feats = []
+    for _, imgs in stack.images.batches(batch_size):
+        small = fourier_crop(imgs, size) if size < stack.box else imgs
+        small = (small - small.mean(dim=(-2, -1), keepdim=True)) / small.std(dim=(-2, -1), keepdim=True
+                                                                            ).clamp_min(1e-12)
+        feats.append(small.flatten(1))
+    return torch.cat(feats)
+
+
+def parse_source(spec: str) -> tuple[str, str | None]:
+    """``"perturbed:0.2"`` -> ``("perturbed", "0.2")``; validates the kind."""
+    kind, _, arg = spec.partition(":")
+    if kind not in ("true", "perturbed", "euclidean", "model"):
+        raise CryorientError(f"unknown distance source {spec!r}; use true, perturbed:S, euclidean or "
+                             "model[:PATH]")
+    if kind == "perturbed":
+        try:
+            sigma = float(arg)
+        except ValueError:
+            raise CryorientError(f"perturbed needs a noise level in radians, e.g. perturbed:0.2, "
+                                 f"got {spec!r}") from None
+        if not (sigma >= 0 and math.isfinite(sigma)):
+            raise CryorientError(f"perturbation must be a finite number >= 0, got {sigma}")
+    elif kind in ("true", "euclidean") and arg:
+        raise CryorientError(f"{kind} takes no argument, got {spec!r}")
+    return kind, (arg or None)
+
+
+def make_source(spec: str, stack: ParticleStack, generator: torch.Generator) -> DistanceSource:
+    """The distance source named by ``spec`` for ``stack`` (``model`` is built elsewhere)."""
+    kind, arg = parse_source(spec)
+    if kind in ("true", "perturbed"):
+        if not stack.has_orientations():
+            raise CryorientError(f"--distances {kind} needs the true orientations, but the STAR file "
+                                 "has no rlnAngleRot/Tilt/Psi columns")
+        q = rotmat_to_quat(stack.rotations())
+        return TrueDistances(q) if kind == "true" else PerturbedDistances(q, float(arg), generator)
+    if kind == "euclidean":
+        return EuclideanDistances(euclidean_features(stack))
+    raise CryorientError("model distances are computed by cryorient.distance (see 'cryorient distances')")

@@ -1,0 +1,149 @@
+import math
+
+import numpy as np
+import pytest
+import roma
+import torch
+
+from cryorient import so3
+from cryorient.conventions import hand_matrix
+from cryorient.density import DensityOptions, load_volume
+from cryorient.errors import CryorientError
+from cryorient.orientation.align import align_physical, angular_errors, evaluate
+from cryorient.orientation.ambiguity import AmbiguityOptions
+from cryorient.orientation.pairs import PairSet, check_distances, choose_pairs
+from cryorient.orientation.recover import RecoveryOptions, pair_loss, recover
+from cryorient.orientation.run import RecoverConfig, run_recovery
+from cryorient.orientation.sources import (
+    EuclideanDistances,
+    TrueDistances,
+    euclidean_features,
+    uniform_distance_quantile,
+)
+from cryorient.simulate.simulator import SimulationConfig, simulate_stack
+
+
+@pytest.fixture(scope="module")
+def clean_stack():
+    vol = load_volume("1ake_adk_closed", DensityOptions(box=32, pixel_size=4.0))
+    stack, truth = simulate_stack(vol, 4.0, SimulationConfig(n_particles=200, snr=math.inf,
+                                                             max_shift_px=2), torch.Generator().manual_seed(0))
+    return stack, truth
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_exact_distances_recover_below_half_degree(clean_stack, seed):
+    """N=200, exact distances, the ambiguity resolved from the images (no ground truth before
+    the evaluation): median error < 0.5 deg after the physical alignment."""
+    stack, truth = clean_stack
+    source = TrueDistances(so3.rotmat_to_quat(truth.rotations))
+    cfg = RecoverConfig(shifts="zero", recovery=RecoveryOptions(restarts=1),
+                        ambiguity=AmbiguityOptions(n_candidates=3000, coarse_pairs=3000))
+    out = run_recovery(stack, source, cfg, torch.Generator().manual_seed(seed), evaluate_truth=False)
+    ev = evaluate(out.rotations, truth.rotations)
+    median = float(math.degrees(float(ev.errors["rotation"].median())))
+    assert median < 0.5, (seed, median, out.ambiguity.metrics())
+    assert out.ambiguity.margin > 0.5
+
+
+def test_alignment_undoes_global_rotation_and_hand():
+    g = torch.Generator().manual_seed(1)
+    r = so3.sample_rotations(300, g, dtype=torch.float64)
+    big_g = so3.sample_rotations(1, g, dtype=torch.float64)[0]
+    j = hand_matrix(torch.float64)
+    for est, flipped in ((big_g @ r, False), (j @ big_g @ r @ j, True)):
+        al = align_physical(est, r)
+        assert al.hand_flipped == flipped
+        assert float(so3.rotmat_distance(al.apply(est), r).max()) < 1e-6
+    b = so3.sample_rotations(1, g, dtype=torch.float64)[0]
+    for est, transposed in ((r @ b, False), (r.transpose(-1, -2), True), (big_g @ r.transpose(-1, -2) @ b, True)):
+        ev = evaluate(est, r)
+        assert float(ev.o4_errors.max()) < 1e-5 and ev.o4_transposed == transposed
+        assert float(math.degrees(float(ev.errors["rotation"].median()))) > 10  # not physical
+    ev = evaluate(big_g @ r, r)
+    assert float(ev.errors["direction"].max()) < 1e-6 and float(ev.errors["in_plane"].max()) < 1e-6
+
+
+def test_errors_split_into_direction_and_in_plane():
+    g = torch.Generator().manual_seed(2)
+    r = so3.sample_rotations(50, g, dtype=torch.float64)
+    spin = roma.rotvec_to_rotmat(torch.tensor([0.0, 0.0, 0.1], dtype=torch.float64))
+    errs = angular_errors(r @ spin, r)  # an in-plane rotation (about each particle's own z)
+    assert torch.allclose(errs["in_plane"], torch.full((50,), 0.1, dtype=torch.float64), atol=1e-6)
+    assert float(errs["direction"].max()) < 1e-6
+    tilt = roma.rotvec_to_rotmat(torch.tensor([0.2, 0.0, 0.0], dtype=torch.float64))
+    errs = angular_errors(r @ tilt, r)  # a tilt of the viewing direction by 0.2 rad
+    assert torch.allclose(errs["direction"], torch.full((50,), 0.2, dtype=torch.float64), atol=1e-6)
+
+
+def test_loss_invariant_under_o4():
+    g = torch.Generator().manual_seed(3)
+    q = so3.sample_uniform_quats(100, g, dtype=torch.float64)
+    pairs = choose_pairs(100, g)
+    pairs = pairs.with_distances(so3.geodesic_distance(q[pairs.i], q[pairs.j]) + 0.05)
+    a, b = so3.sample_uniform_quats(2, g, dtype=torch.float64)
+    base = pair_loss(q, pairs)
+    left_right = roma.quat_product(roma.quat_product(a.expand_as(q), q), b.expand_as(q))
+    conj = roma.quat_product(roma.quat_product(a.expand_as(q), roma.quat_conjugation(q)), b.expand_as(q))
+    assert pair_loss(left_right, pairs) == pytest.approx(base, rel=1e-9)
+    assert pair_loss(conj, pairs) == pytest.approx(base, rel=1e-9)
+
+
+def test_deterministic_with_seed():
+    g = torch.Generator().manual_seed(4)
+    q = so3.sample_uniform_quats(150, g)
+    pairs = choose_pairs(150, torch.Generator().manual_seed(5))
+    pairs = pairs.with_distances(so3.geodesic_distance(q[pairs.i], q[pairs.j]))
+    a = recover(pairs, RecoveryOptions(restarts=1), torch.Generator().manual_seed(6))
+    b = recover(pairs, RecoveryOptions(restarts=1), torch.Generator().manual_seed(6))
+    assert torch.equal(a.quaternions, b.quaternions)
+
+
+def test_budget_pairs_are_linear_in_n():
+    g = torch.Generator().manual_seed(7)
+    p1 = choose_pairs(3000, g, 32)
+    p2 = choose_pairs(6000, g, 32)
+    assert 0.45 < len(p1) / len(p2) < 0.55
+    assert len(p1) <= 3000 * 32 and (p1.i != p1.j).all()
+    assert p1.anchors.numel() == 16
+
+
+def test_euclidean_quantile_map(clean_stack):
+    stack, truth = clean_stack
+    u = torch.linspace(0.001, 0.999, 999)
+    d = uniform_distance_quantile(u)
+    assert (d[1:] >= d[:-1]).all() and d.min() >= 0 and d.max() <= math.pi
+    assert float(((d - torch.sin(d)) / math.pi - u).abs().max()) < 1e-3
+    src = EuclideanDistances(euclidean_features(stack))
+    pairs = choose_pairs(stack.n, g := torch.Generator().manual_seed(8))
+    dist = src.distances(pairs.i, pairs.j)
+    raw = src.raw(pairs.i, pairs.j)
+    order = torch.argsort(raw)
+    assert (dist[order][1:] >= dist[order][:-1] - 1e-6).all()  # monotone in the image distance
+    q = so3.rotmat_to_quat(truth.rotations)
+    true_d = so3.geodesic_distance(q[pairs.i], q[pairs.j])
+    small = true_d < 0.3  # nearby views give close images: a weak but real signal
+    assert float(dist[small].mean()) < float(dist[~small].mean())
+    assert g is not None
+
+
+@pytest.mark.parametrize("values,fragment", [
+    ([0.1, float("nan")], "NaN or infinite"),
+    ([0.1, float("inf")], "NaN or infinite"),
+    ([0.1, -0.2], "negative"),
+    ([0.1, 4.0], "exceed pi"),
+])
+def test_bad_distances(values, fragment):
+    with pytest.raises(CryorientError, match=fragment):
+        check_distances(torch.tensor(values))
+
+
+def test_bad_pair_arguments():
+    g = torch.Generator().manual_seed(9)
+    with pytest.raises(CryorientError, match="pairs per particle must be >= 1"):
+        choose_pairs(100, g, 0)
+    with pytest.raises(CryorientError, match="at least 3 particles"):
+        choose_pairs(2, g)
+    empty = PairSet(torch.tensor([0]), torch.tensor([1]), torch.tensor([0.5]), 3, torch.tensor([0]))
+    with pytest.raises(CryorientError, match="at least 4 anchor"):
+        recover(empty, RecoveryOptions(), g)
