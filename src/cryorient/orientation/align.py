@@ -72,26 +72,43 @@ def align_physical(estimated: torch.Tensor, reference: torch.Tensor, allow_hand:
     return best[1]
 
 
-def align_o4(estimated: torch.Tensor, reference: torch.Tensor, iterations: int = 60,
-             starts: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def _nearest_kronecker(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)`` rotations with ``B^T kron A`` closest to the 9x9 ``k`` (Van Loan's
+    rearrangement and a rank-1 SVD), for column-major ``vec(A R B) = (B^T kron A) vec(R)``."""
+    blocks = k.reshape(3, 3, 3, 3).permute(0, 2, 1, 3).reshape(9, 9)  # rows: vec of each 3x3 block
+    u, sv, vh = torch.linalg.svd(blocks)
+    bt = u[:, 0].reshape(3, 3) * sv[0].sqrt()
+    a = vh[0].reshape(3, 3) * sv[0].sqrt()
+    if torch.det(a) < 0:  # the sign is shared between the factors
+        a, bt = -a, -bt
+    return project_to_so3(a), project_to_so3(bt.T)
+
+
+def align_o4(estimated: torch.Tensor, reference: torch.Tensor, iterations: int = 30
+             ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Diagnostic O(4) alignment: ``A R B`` or ``A R^T B`` closest to the reference.
 
-    Alternating Procrustes from several starts; returns ``(A, B, transposed)``."""
+    Closed-form start (``vec(A R B) = (B^T kron A) vec(R)``: a 9x9 least-squares map from the
+    reference's to the estimate's vectorised rotations, factored into the nearest Kronecker
+    product), then alternating Procrustes. Returns ``(A, B, transposed)`` such that
+    ``A @ est @ B`` (``est`` transposed if so) approximates the reference."""
     est, ref = estimated.double(), reference.double()
-    g = torch.Generator().manual_seed(seed)
-    best = None
     ones = torch.ones(est.shape[0], dtype=torch.float64)
+    best = None
     for transposed in (False, True):
         e = est.transpose(-1, -2) if transposed else est
-        for _ in range(starts):
-            b = project_to_so3(torch.randn(3, 3, generator=g, dtype=torch.float64))
-            for _ in range(iterations):
-                a = _procrustes_left(ref, e @ b, ones)
-                # argmin_B sum ||ref - A e B||^2 = Procrustes of sum (A e)^T ref
-                b = project_to_so3(((a @ e).transpose(-1, -2) @ ref).sum(0))
-            med = float(rotmat_distance(ref, a @ e @ b).median())
-            if best is None or med < best[0]:
-                best = (med, a, b, transposed)
+        # vec(e) ~ K vec(ref) with K = B'^T kron A' and e ~ A' ref B'; invert afterwards
+        ve = e.transpose(-1, -2).reshape(-1, 9)
+        vr = ref.transpose(-1, -2).reshape(-1, 9)
+        k = torch.linalg.lstsq(vr, ve).solution.T
+        a0, b0 = _nearest_kronecker(k)
+        a, b = a0.T, b0.T  # ref ~ a0^T e b0^T
+        for _ in range(iterations):
+            a = _procrustes_left(ref, e @ b, ones)
+            b = project_to_so3(((a @ e).transpose(-1, -2) @ ref).sum(0))
+        med = float(rotmat_distance(ref, a @ e @ b).median())
+        if best is None or med < best[0]:
+            best = (med, a, b, transposed)
     return best[1], best[2], best[3]
 
 

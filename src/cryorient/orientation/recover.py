@@ -30,7 +30,7 @@ import torch
 
 from ..errors import CryorientError
 from ..so3 import canonical_quat, geodesic_distance, normalize_quat, sample_uniform_quats
-from .pairs import PairSet, check_distances
+from .pairs import PairSet
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,8 @@ def recover(pairs: PairSet, opts: RecoveryOptions, generator: torch.Generator,
             progress: Callable[[int], None] | None = None) -> RecoveryResult:
     """Quaternions for ``pairs.n`` particles from the target distances of ``pairs``."""
     opts.validate()
-    check_distances(pairs.d, "target distances")
+    if not torch.isfinite(pairs.d).all():
+        raise CryorientError("target distances contain NaN or infinite values")
     if pairs.anchors.numel() < 4:
         raise CryorientError("recovery needs at least 4 anchor particles")
     best: tuple | None = None

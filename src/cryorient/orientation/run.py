@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,9 @@ from ..io import atomic_output, save_npz
 from ..particles import ParticleStack, write_particles
 from ..reconstruct.shifts import estimate_shifts
 from ..rundir import write_json
-from ..so3 import geodesic_distance, quat_to_rotmat, rotmat_to_quat
+from ..so3 import geodesic_distance, quat_to_rotmat, rotmat_angle, rotmat_to_quat
 from .align import Evaluation, evaluate
-from .ambiguity import AmbiguityOptions, AmbiguityResult, apply, resolve
+from .ambiguity import AmbiguityOptions, AmbiguityResult, apply, refine_right_factor, resolve
 from .pairs import PairSet, check_distances, choose_pairs
 from .recover import RecoveryOptions, RecoveryResult, recover
 from .sources import DistanceSource
@@ -64,7 +65,8 @@ class RecoverOutcome:
 def pair_distances(source: DistanceSource, pairs: PairSet) -> PairSet:
     d = torch.cat([source.distances(pairs.i[k:k + 262144], pairs.j[k:k + 262144])
                    for k in range(0, len(pairs), 262144)]).float()
-    check_distances(d, f"{source.name} distances")
+    if source.checked:
+        check_distances(d, f"{source.name} distances")
     return pairs.with_distances(d)
 
 
@@ -88,8 +90,16 @@ def run_recovery(stack: ParticleStack, source: DistanceSource, cfg: RecoverConfi
     m = min(stack.n, cfg.ambiguity.n_images)
     subset = np.sort(torch.randperm(stack.n, generator=generator)[:m].numpy())
     ctf = stack.ctf()
-    amb = resolve(raw[subset], stack.images.read(subset), cfg.ambiguity, generator,
-                  ctf.subset(torch.as_tensor(subset)) if ctf is not None else None, stack.pixel_size)
+    sub_ctf = ctf.subset(torch.as_tensor(subset)) if ctf is not None else None
+    images = stack.images.read(subset)
+    amb = resolve(raw[subset], images, cfg.ambiguity, generator, sub_ctf, stack.pixel_size)
+    if cfg.ambiguity.polish_images > 0:
+        k = min(len(subset), cfg.ambiguity.polish_images)
+        delta = refine_right_factor(amb.rotations[:k], images[:k], generator,
+                                    sub_ctf.subset(slice(0, k)) if sub_ctf is not None else None,
+                                    stack.pixel_size)
+        amb = replace(amb, right_factor=amb.right_factor @ delta, rotations=amb.rotations @ delta,
+                      polish_deg=math.degrees(float(rotmat_angle(delta))))
     rotations = apply(raw, amb.transposed, amb.right_factor)
     timings["ambiguity_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -3,8 +3,9 @@
 - ``true``: the geodesic distance between the ground-truth orientations (a baseline that
   reads the truth; the upper bound of what recovery can do);
 - ``perturbed:S``: true + Gaussian noise of standard deviation S radians, drawn once per
-  pair and clipped to [0, pi] (the seed's sensitivity study re-drew it at every step,
-  which averages it away; a fixed draw is the harder, realistic case);
+  pair and, as in the seed, not clipped (clipping to [0, pi] would bias small and large
+  distances). The seed re-drew the noise at every optimisation step, which averages it
+  away; a fixed draw is the harder case;
 - ``euclidean``: the seed's baseline, the Euclidean distance between (downsampled,
   standardised) images. It has no radian scale, so it is mapped monotonically onto radians
   by quantile matching: the k-th smallest image distance becomes the k-th quantile of the
@@ -28,6 +29,7 @@ from ..so3 import geodesic_distance, rotmat_to_quat
 
 class DistanceSource(Protocol):
     name: str
+    checked: bool  # distances must lie in [0, pi] (False only for the synthetic perturbation)
 
     def distances(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor: ...
 
@@ -36,6 +38,7 @@ class DistanceSource(Protocol):
 class TrueDistances:
     quaternions: torch.Tensor
     name: str = "true"
+    checked: bool = True
 
     def distances(self, i, j):
         return geodesic_distance(self.quaternions[i], self.quaternions[j])
@@ -47,11 +50,11 @@ class PerturbedDistances:
     sigma: float
     generator: torch.Generator
     name: str = "perturbed"
+    checked: bool = False
 
     def distances(self, i, j):
         d = geodesic_distance(self.quaternions[i], self.quaternions[j])
-        noise = torch.randn(d.shape, generator=self.generator, dtype=d.dtype)
-        return (d + self.sigma * noise).clamp(0.0, math.pi)
+        return d + self.sigma * torch.randn(d.shape, generator=self.generator, dtype=d.dtype)
 
 
 def uniform_distance_quantile(u: torch.Tensor) -> torch.Tensor:
@@ -68,6 +71,7 @@ def uniform_distance_quantile(u: torch.Tensor) -> torch.Tensor:
 class EuclideanDistances:
     features: torch.Tensor  # (N, F) standardised, downsampled images
     name: str = "euclidean"
+    checked: bool = True
 
     def raw(self, i, j):
         return (self.features[i] - self.features[j]).norm(dim=-1)

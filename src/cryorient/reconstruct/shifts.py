@@ -34,6 +34,19 @@ def _peak_subpixel(cc: torch.Tensor) -> torch.Tensor:
     return torch.stack([x - box // 2 + dx, y - box // 2 + dy], dim=1).float()
 
 
+def translation(images: torch.Tensor, references: torch.Tensor, limit_px: float,
+                lowpass_fraction: float = 0.25) -> torch.Tensor:
+    """Displacement ``(B, 2)`` (x, y) of each image relative to its reference, from the peak of
+    their cross-correlation (both low-passed) within ``limit_px``, sub-pixel."""
+    box = images.shape[-1]
+    c = torch.arange(box, dtype=torch.float32) - box // 2
+    window = (c[:, None] ** 2 + c[None, :] ** 2) <= limit_px**2
+    img = lowpass_images(images, lowpass_fraction * 0.5)
+    ref = lowpass_images(references, lowpass_fraction * 0.5)
+    cc = irfft2_centered(rfft2_centered(img) * rfft2_centered(ref).conj(), box)
+    return _peak_subpixel(torch.where(window, cc, torch.full_like(cc, -torch.inf)))
+
+
 def estimate_shifts(stack: ParticleStack, rotations: torch.Tensor, iterations: int = 3,
                     max_shift_px: float | None = None, lowpass_fraction: float = 0.25,
                     batch_size: int = 256, progress: Callable[[int], None] | None = None
@@ -47,8 +60,6 @@ def estimate_shifts(stack: ParticleStack, rotations: torch.Tensor, iterations: i
     limit = max_shift_px if max_shift_px is not None else box / 6
     ctf = stack.ctf()
     origins_px = torch.zeros(stack.n, 2)
-    c = torch.arange(box, dtype=torch.float32) - box // 2
-    window = (c[:, None] ** 2 + c[None, :] ** 2) <= limit**2
     for _ in range(iterations):
         acc = FourierAccumulator.empty(box)
         for idx, images in stack.images.batches(batch_size):
@@ -61,12 +72,9 @@ def estimate_shifts(stack: ParticleStack, rotations: torch.Tensor, iterations: i
             spectra = project_spectra(prepared, rotations[t])
             if ctf is not None:
                 spectra = spectra * ctf_rfft(ctf.subset(t), box, px)
-            ref = lowpass_images(irfft2_centered(spectra, box), lowpass_fraction * 0.5)
-            img = lowpass_images(images, lowpass_fraction * 0.5)
-            cc = irfft2_centered(rfft2_centered(img) * rfft2_centered(ref).conj(), box)
-            cc = torch.where(window, cc, torch.full_like(cc, -torch.inf))
+            ref = irfft2_centered(spectra, box)
             # the image content sits at +s relative to the centred reprojection: origin = -s
-            origins_px[t] = -_peak_subpixel(cc)
+            origins_px[t] = -translation(images, ref, limit, lowpass_fraction)
             if progress is not None:
                 progress(len(idx))
     return origins_px * px

@@ -46,3 +46,22 @@ def measured_snr(clean: torch.Tensor, noisy: torch.Tensor) -> float:
     signal = image_variances(clean.double()).mean()
     noise = image_variances(noisy.double() - clean.double()).mean()
     return math.inf if noise == 0 else float(signal / noise)
+
+
+def estimate_snr(images: torch.Tensor, background_radius: float = 0.42) -> tuple[float, float]:
+    """SNR of a stack estimated from its images alone: ``(snr, noise_variance)``.
+
+    The noise variance is the variance of the background (pixels beyond
+    ``background_radius x box`` from the centre, where a centred particle has no density),
+    the signal variance the whole-box variance minus it; both averaged over the images.
+    (A CTF's delocalised signal reaching the background makes this a slight underestimate.)
+    """
+    box = images.shape[-1]
+    c = torch.arange(box, dtype=torch.float32) - box // 2
+    ring = (c[:, None] ** 2 + c[None, :] ** 2) > (background_radius * box) ** 2
+    x = images.double()
+    noise = x[:, ring].var(dim=1).mean()
+    total = image_variances(x).mean()
+    signal = (total - noise).clamp_min(0.0)
+    snr = float(signal / noise) if noise > 0 else math.inf
+    return snr, float(noise)

@@ -1,0 +1,114 @@
+"""The Siamese distance network.
+
+A shared encoder maps each (preprocessed) image to an embedding; a symmetric head maps two
+embeddings to a distance in [0, pi]. Distances come from embeddings, so N images need N
+encoder passes and then any number of pairs is cheap.
+
+Heads:
+- ``rotation`` (cryorient's default): the embedding is a rotation matrix (9 numbers projected
+  onto SO(3) by SVD, a continuous representation) and the distance is the geodesic angle
+  between embeddings. Distances are then exactly those of a set of orientations, which the
+  recovery finds again (up to the O(4) gauge);
+- ``cosine`` (the seed's): non-negative features, ``d = 2 arccos(cos(f_i, f_j))``.
+
+Encoders: ``small`` (4 stages of two 3x3 convolutions, batch norm, ReLU, max-pool; global
+average pooling) sized for CPU training on 32-64 px inputs, and ``seed`` (the original's 7
+conv+pool blocks, 32-64-128-256-256-512-512 filters, 4.5 M parameters; a true global pool).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import roma
+import torch
+from torch import nn
+
+from ..errors import CryorientError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "small"  # small | seed
+    head: str = "rotation"  # rotation | cosine
+    width: int = 32  # channels of the first stage (small encoder)
+    embedding: int = 512  # feature size for the cosine head
+    input_size: int = 32  # px at the network input
+    input_pixel_size: float = 4.0  # Å/px at the network input
+    phase_flip: bool = True  # images are CTF phase-flipped before the network
+
+    def validate(self) -> None:
+        if self.encoder not in ("small", "seed"):
+            raise CryorientError(f"unknown encoder {self.encoder!r}; use small or seed")
+        if self.head not in ("rotation", "cosine"):
+            raise CryorientError(f"unknown head {self.head!r}; use rotation or cosine")
+        if self.input_size < 16 or self.input_size % 2:
+            raise CryorientError(f"network input size must be even and >= 16, got {self.input_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _stage(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2))
+
+
+def _seed_encoder() -> nn.Sequential:
+    layers, c_in = [], 1
+    for k, c_out in zip((7, 5, 3, 3, 3, 3, 3), (32, 64, 128, 256, 256, 512, 512)):
+        layers += [nn.Conv2d(c_in, c_out, k, padding=k // 2), nn.ReLU(inplace=True),
+                   nn.MaxPool2d(2, ceil_mode=True)]
+        c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+class SiameseDistance(nn.Module):
+    """Encoder + symmetric distance head. ``embed(images (B, S, S)) -> (B, E)``,
+    ``distance(e_a, e_b) -> (...)`` radians, ``forward(a, b)`` = both."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        if config.encoder == "seed":
+            self.encoder = _seed_encoder()
+            features = 512
+        else:
+            w = config.width
+            self.encoder = nn.Sequential(_stage(1, w), _stage(w, 2 * w), _stage(2 * w, 4 * w),
+                                         _stage(4 * w, 8 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            features = 8 * w
+        out = 9 if config.head == "rotation" else config.embedding
+        self.project = nn.Linear(features, out)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.project(self.encoder(images[:, None]))
+        if self.config.head == "rotation":
+            return roma.special_procrustes(x.view(-1, 3, 3)).reshape(-1, 9)
+        return torch.relu(x)
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.config.head == "rotation":
+            ra, rb = a.view(*a.shape[:-1], 3, 3), b.view(*b.shape[:-1], 3, 3)
+            m = ra.transpose(-1, -2) @ rb
+            cos = 0.5 * (m.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0)
+            skew = torch.stack([m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0],
+                                m[..., 1, 0] - m[..., 0, 1]], dim=-1)
+            # atan2 keeps gradients finite at 0 and pi (small epsilon under the norm)
+            sin = 0.5 * torch.sqrt((skew * skew).sum(-1) + 1e-12)
+            return torch.atan2(sin, cos)
+        eps = 1e-7
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8).clamp(eps, 1 - eps)
+        return 2.0 * torch.arccos(cos)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.distance(self.embed(a), self.embed(b))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+

@@ -1,0 +1,87 @@
+"""Using a trained distance model on a stack: embeddings (N encoder passes, in batches),
+distances for any pairs from them, and nearest neighbours in the embedding."""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import CryorientError
+from ..particles import ParticleStack
+from .model import SiameseDistance
+from .preprocess import check_compatible, prepare_inputs
+from .train import load_model
+
+LIBRARY_MODEL = "library.pt"
+
+
+def shipped_model_path() -> Path:
+    path = Path(str(importlib.resources.files("cryorient") / "data" / "models" / LIBRARY_MODEL))
+    if not path.is_file():
+        raise CryorientError("no library model is shipped with this installation; give model:PATH "
+                             "(train one with 'cryorient train')")
+    return path
+
+
+@torch.no_grad()
+def embed_stack(model: SiameseDistance, stack: ParticleStack, batch_size: int = 512,
+                progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Embeddings ``(N, E)`` of every particle (memory linear in N, images read in batches)."""
+    cfg = model.config
+    check_compatible(stack.box, stack.pixel_size, cfg.input_size, cfg.input_pixel_size)
+    ctf = stack.ctf()
+    out = []
+    model.eval()
+    for idx, images in stack.images.batches(batch_size):
+        t = torch.as_tensor(idx)
+        x = prepare_inputs(images, stack.pixel_size, ctf.subset(t) if ctf is not None else None,
+                           cfg.input_size, cfg.input_pixel_size, cfg.phase_flip)
+        out.append(model.embed(x))
+        if progress is not None:
+            progress(len(idx))
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class ModelDistances:
+    model: SiameseDistance
+    embeddings: torch.Tensor
+    name: str = "model"
+    checked: bool = True
+
+    @torch.no_grad()
+    def distances(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return self.model.distance(self.embeddings[i], self.embeddings[j]).clamp(0.0, torch.pi)
+
+
+@torch.no_grad()
+def nearest_neighbours(model: SiameseDistance, embeddings: torch.Tensor, k: int, chunk: int = 2048
+                       ) -> torch.Tensor:
+    """``(N, k)`` indices of each particle's closest others by predicted distance.
+
+    Both heads' distances decrease with the dot product of (normalised) embeddings (for the
+    rotation head ``cos d = (e_i . e_j - 1) / 2``), so one matrix product per chunk suffices."""
+    e = embeddings if model.config.head == "rotation" else torch.nn.functional.normalize(embeddings, dim=1)
+    n = e.shape[0]
+    k = min(k, n - 1)
+    out = torch.empty(n, k, dtype=torch.int64)
+    for lo in range(0, n, chunk):
+        sim = e[lo:lo + chunk] @ e.T
+        sim[torch.arange(sim.shape[0]), torch.arange(lo, lo + sim.shape[0])] = -torch.inf
+        out[lo:lo + chunk] = sim.topk(k, dim=1).indices
+    return out
+
+
+def model_source(stack: ParticleStack, path: str | None, neighbours: int = 0, batch_size: int = 512,
+                 progress: Callable[[int], None] | None = None
+                 ) -> tuple[ModelDistances, torch.Tensor | None]:
+    """The model distance source for ``stack`` (the shipped library model when ``path`` is
+    None) and, if asked, each particle's nearest neighbours in the embedding."""
+    model = load_model(path if path else shipped_model_path())
+    emb = embed_stack(model, stack, batch_size, progress)
+    nn = nearest_neighbours(model, emb, neighbours) if neighbours > 0 else None
+    return ModelDistances(model, emb), nn
