@@ -31,6 +31,7 @@ class DensityOptions:
     pixel_size: float = 2.0
     resolution: float | None = None  # Å; default 2.5 px (0.8 of Nyquist)
     keep_ligands: bool = False
+    chains: tuple[str, ...] | None = None  # keep only these chains of an atomic model
 
     def resolved_resolution(self) -> float:
         return self.resolution if self.resolution is not None else 2.5 * self.pixel_size
@@ -137,7 +138,10 @@ def load_volume(structure: str | Path, opts: DensityOptions) -> torch.Tensor:
     """A named bundled structure, a PDB/mmCIF file or an MRC map -> density volume."""
     path = resolve_structure(structure)
     if structure_kind(path) == "atoms":
-        return atoms_to_volume(read_atoms(path, keep_ligands=opts.keep_ligands), opts, path.name)
+        st = read_atoms(path, keep_ligands=opts.keep_ligands, chains=opts.chains)
+        return atoms_to_volume(st, opts, path.name)
+    if opts.chains:
+        raise CryorientError(f"--chains applies to atomic models, not to the map {path.name}")
     data, voxel = read_mrc(path, "map")
     if data.ndim != 3 or min(data.shape) < 2:
         raise CryorientError(f"map {path.name} must be a 3D volume, got shape {data.shape}")

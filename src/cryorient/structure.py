@@ -83,10 +83,12 @@ def structure_kind(path: Path) -> str:
     )
 
 
-def read_atoms(path: str | Path, keep_ligands: bool = False) -> gemmi.Structure:
+def read_atoms(path: str | Path, keep_ligands: bool = False, chains: tuple[str, ...] | None = None
+               ) -> gemmi.Structure:
     """Read a PDB/mmCIF file into a cleaned gemmi Structure (first model only).
 
-    Hydrogens and waters are removed; ligands too unless ``keep_ligands``.
+    Hydrogens and waters are removed; ligands too unless ``keep_ligands``; with ``chains``,
+    only those chains are kept (e.g. one copy of a complex from a crystal's asymmetric unit).
     """
     p = require_file(path, "structure file")
     try:
@@ -105,6 +107,15 @@ def read_atoms(path: str | Path, keep_ligands: bool = False) -> gemmi.Structure:
     else:
         st.remove_ligands_and_waters()
     st.remove_empty_chains()
+    if chains:
+        present = [ch.name for ch in st[0]]
+        missing = [c for c in chains if c not in present]
+        if missing:
+            raise CryorientError(f"chain(s) {', '.join(missing)} not in {p.name} (it has "
+                                 f"{', '.join(present)})")
+        for name in present:
+            if name not in chains:
+                st[0].remove_chain(name)
     if st[0].count_atom_sites() == 0:
         raise CryorientError(f"no protein atoms found in {p.name}")
     return st

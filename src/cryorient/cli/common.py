@@ -78,3 +78,11 @@ def progress(total: int, desc: str, quiet: bool) -> tqdm:
     """A progress bar on stderr (hidden with --quiet)."""
     return tqdm(total=total, desc=desc, unit="img", disable=quiet, file=sys.stderr,
                 dynamic_ncols=True, leave=False)
+
+
+def parse_chains(text: str) -> tuple[str, ...]:
+    """``A,B,C`` -> ``("A", "B", "C")``."""
+    chains = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not chains:
+        raise argparse.ArgumentTypeError(f"expected chain names like A,B,C, got {text!r}")
+    return chains

@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 
 from ..errors import CryorientError
-from . import inspect_cmd, reconstruct, recover, simulate, structures, train
+from . import distances, inspect_cmd, reconstruct, recover, simulate, structures, train
 from .common import HelpFormatter, OneLineParser
 
 # name -> module with add_parser(subparsers) and run(args) -> int
 COMMANDS = {
     "simulate": simulate,
     "train": train,
+    "distances": distances,
     "structures": structures,
     "inspect": inspect_cmd,
     "recover": recover,

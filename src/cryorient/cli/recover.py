@@ -49,6 +49,8 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--shifts", choices=("estimate", "keep", "zero"), default="estimate",
                    help="origins written to orientations.star: estimated against a reconstruction, "
                         "kept from the input, or zero")
+    p.add_argument("--refine-rounds", type=int, default=0,
+                   help="rounds of local refinement by reprojection after recovery (0: off)")
     p.add_argument("--ambiguity-images", type=int, default=2000,
                    help="images used to resolve the ambiguity by common lines")
     p.add_argument("--model-batch-size", type=int, default=512, help="images per model batch")
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = RecoverConfig(
         distances=args.distances, pairs_per_particle=args.pairs_per_particle, n_anchors=args.anchors,
         neighbours=args.neighbours if kind == "model" else 0, shifts=args.shifts,
+        refine_rounds=args.refine_rounds,
         recovery=RecoveryOptions(restarts=args.restarts, loss=args.loss, cutoff=args.cutoff,
                                  optimizer=args.optimizer),
         ambiguity=AmbiguityOptions(n_images=args.ambiguity_images))
@@ -90,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
           f"{outcome.recovery.loss:.3g}; ambiguity {'transposed' if amb.transposed else 'direct'} "
           f"branch, margin {amb.margin:.2f} ({sum(t.values()):.1f} s)")
     ev = metrics.get("evaluation")
+    before = metrics.get("evaluation_before_refinement")
+    if before:
+        print(f"before local refinement: median error {before['rotation_error']['median_deg']:.2f}°")
     if ev:
         r = ev["rotation_error"]
         print(f"vs true angles: median error {r['median_deg']:.2f}° (mean {r['mean_deg']:.2f}°, 90th pct "

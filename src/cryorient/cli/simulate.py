@@ -13,7 +13,15 @@ from ..simulate.noise import snr_to_db
 from ..simulate.run import run_simulation
 from ..simulate.simulator import SimulationConfig
 from ..structure import DEFAULT_STRUCTURE
-from .common import HelpFormatter, add_run_options, parse_range, parse_ratio, progress, setup
+from .common import (
+    HelpFormatter,
+    add_run_options,
+    parse_chains,
+    parse_range,
+    parse_ratio,
+    progress,
+    setup,
+)
 
 EXAMPLES = """examples:
   cryorient simulate --outdir runs/sim
@@ -42,6 +50,8 @@ def add_parser(sub, name: str) -> None:
     g.add_argument("--resolution", type=float, default=None,
                    help="band limit of the density in Å (default 2.5 x pixel size)")
     g.add_argument("--keep-ligands", action="store_true", help="keep ligands (waters are dropped)")
+    g.add_argument("--chains", type=parse_chains, default=None,
+                   help="keep only these chains of an atomic model, e.g. A,B,C,D,E")
     g = p.add_argument_group("particles")
     g.add_argument("--n-particles", type=int, default=5000, help="number of particles")
     g.add_argument("--snr", type=parse_ratio, default=1 / 16,
@@ -75,7 +85,8 @@ def add_parser(sub, name: str) -> None:
 
 def config_from_args(args: argparse.Namespace) -> tuple[DensityOptions, SimulationConfig]:
     density = DensityOptions(box=args.box_size, pixel_size=args.pixel_size,
-                             resolution=args.resolution, keep_ligands=args.keep_ligands)
+                             resolution=args.resolution, keep_ligands=args.keep_ligands,
+                             chains=args.chains)
     ctf = CTFSampling(defocus_min_angstrom=args.defocus_range_um[0] * 1e4,
                       defocus_max_angstrom=args.defocus_range_um[1] * 1e4,
                       astigmatism_angstrom=args.astigmatism_um * 1e4, voltage_kv=args.voltage,

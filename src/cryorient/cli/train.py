@@ -20,7 +20,7 @@ from ..distance.train import TrainConfig, init_distributed, train
 from ..errors import CryorientError
 from ..particles import read_particles
 from ..rundir import run_info, write_json, write_yaml
-from .common import HelpFormatter, add_run_options, progress, setup
+from .common import HelpFormatter, add_run_options, parse_chains, progress, setup
 
 EXAMPLES = """examples:
   cryorient train --reference 1ake_adk_closed --particles runs/sim/particles.star --outdir runs/train
@@ -48,12 +48,17 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="images per step (all pairs scored)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--loss", choices=("l1", "l2"), default="l1")
+    p.add_argument("--objective", choices=("pose", "pairs"), default="pose",
+                   help="pose: embeddings pulled to the true orientations (rotation head); pairs: the "
+                        "seed's pair-distance regression")
     p.add_argument("--encoder", choices=("small", "seed"), default="small")
     p.add_argument("--head", choices=("rotation", "cosine"), default="rotation")
-    p.add_argument("--width", type=int, default=32, help="channels of the first stage (small encoder)")
+    p.add_argument("--width", type=int, default=16, help="channels of the first stage (small encoder)")
     p.add_argument("--input-size", type=int, default=32, help="network input size in px (downsampled)")
     p.add_argument("--snr", type=float, default=None, help="training SNR (default: estimated)")
     p.add_argument("--no-augment", action="store_true", help="train on the reference exactly as given")
+    p.add_argument("--chains", type=parse_chains, default=None,
+                   help="keep only these chains of the reference's atomic model")
     p.add_argument("--resolution", type=float, default=None,
                    help="band limit of the reference density in Å (default 2.5 x pixel size)")
     p.add_argument("--resume", action="store_true", help="continue the run in --outdir")
@@ -68,7 +73,7 @@ def configs(args: argparse.Namespace, box: int, pixel_size: float, has_ctf: bool
     model = ModelConfig(encoder=args.encoder, head=args.head, width=args.width, input_size=size,
                         input_pixel_size=input_px, phase_flip=has_ctf)
     cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                      lr=args.lr, loss=args.loss, model=model,
+                      lr=args.lr, loss=args.loss, objective=args.objective, model=model,
                       augmentation=Augmentation(enabled=not args.no_augment))
     cfg.validate()
     return cfg
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     stack = read_particles(args.particles, args.pixel_size)
     cfg = configs(args, stack.box, stack.pixel_size, stack.ctf() is not None)
     volume = load_volume(args.reference, DensityOptions(box=stack.box, pixel_size=stack.pixel_size,
-                                                        resolution=args.resolution))
+                                                        resolution=args.resolution, chains=args.chains))
     imaging = imaging_from_stack(stack, generator=generator)
     if args.snr is not None:
         if not (args.snr > 0):

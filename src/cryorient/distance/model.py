@@ -31,7 +31,7 @@ from ..errors import CryorientError
 class ModelConfig:
     encoder: str = "small"  # small | seed
     head: str = "rotation"  # rotation | cosine
-    width: int = 32  # channels of the first stage (small encoder)
+    width: int = 16  # channels of the first stage (small encoder)
     embedding: int = 512  # feature size for the cosine head
     input_size: int = 32  # px at the network input
     input_pixel_size: float = 4.0  # Å/px at the network input
@@ -68,7 +68,7 @@ def _seed_encoder() -> nn.Sequential:
 
 class SiameseDistance(nn.Module):
     """Encoder + symmetric distance head. ``embed(images (B, S, S)) -> (B, E)``,
-    ``distance(e_a, e_b) -> (...)`` radians, ``forward(a, b)`` = both."""
+    ``distance(e_a, e_b) -> (...)`` radians."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -85,8 +85,12 @@ class SiameseDistance(nn.Module):
         out = 9 if config.head == "rotation" else config.embedding
         self.project = nn.Linear(features, out)
 
+    def raw(self, images: torch.Tensor) -> torch.Tensor:
+        """The head's unconstrained output ``(B, 9)`` or ``(B, E)`` (before SVD / ReLU)."""
+        return self.project(self.encoder(images[:, None]))
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.project(self.encoder(images[:, None]))
+        x = self.raw(images)
         if self.config.head == "rotation":
             return roma.special_procrustes(x.view(-1, 3, 3)).reshape(-1, 9)
         return torch.relu(x)
@@ -105,8 +109,12 @@ class SiameseDistance(nn.Module):
         cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8).clamp(eps, 1 - eps)
         return 2.0 * torch.arccos(cos)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.distance(self.embed(a), self.embed(b))
+    def forward(self, images: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw head outputs of ``images`` (what training needs); with ``other``, the distances
+        between the two batches."""
+        if other is None:
+            return self.raw(images)
+        return self.distance(self.embed(images), self.embed(other))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -25,6 +25,7 @@ from .align import Evaluation, evaluate
 from .ambiguity import AmbiguityOptions, AmbiguityResult, apply, refine_right_factor, resolve
 from .pairs import PairSet, check_distances, choose_pairs
 from .recover import RecoveryOptions, RecoveryResult, recover
+from .refine import RefineOptions, reprojection_refine
 from .sources import DistanceSource
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class RecoverConfig:
     neighbours: int = 0  # nearest neighbours per particle in the source's embedding (model)
     shifts: str = "estimate"  # estimate | keep | zero
     shift_iterations: int = 3
+    refine_rounds: int = 0  # local refinement by reprojection after recovery (0: the method only)
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     ambiguity: AmbiguityOptions = field(default_factory=AmbiguityOptions)
 
@@ -46,6 +48,8 @@ class RecoverConfig:
             raise CryorientError(f"--pairs-per-particle must be >= 1, got {self.pairs_per_particle}")
         if self.n_anchors < 5:
             raise CryorientError(f"--anchors must be >= 5, got {self.n_anchors}")
+        if self.refine_rounds < 0:
+            raise CryorientError(f"--refine-rounds must be >= 0, got {self.refine_rounds}")
         if self.shifts not in ("estimate", "keep", "zero"):
             raise CryorientError(f"--shifts must be estimate, keep or zero, got {self.shifts!r}")
         self.recovery.validate()
@@ -60,6 +64,7 @@ class RecoverOutcome:
     pairs: PairSet
     timings: dict
     evaluation: Evaluation | None = None
+    evaluation_before_refinement: Evaluation | None = None
 
 
 def pair_distances(source: DistanceSource, pairs: PairSet) -> PairSet:
@@ -110,10 +115,21 @@ def run_recovery(stack: ParticleStack, source: DistanceSource, cfg: RecoverConfi
     else:
         origins = torch.zeros(stack.n, 2)
     timings["shifts_s"] = time.perf_counter() - t0
-    evaluation = None
+    unrefined = None
+    if cfg.refine_rounds > 0:
+        t0 = time.perf_counter()
+        unrefined = rotations
+        rotations, refined_origins = reprojection_refine(
+            stack, rotations, origins, generator, RefineOptions(rounds=cfg.refine_rounds), progress=None)
+        if cfg.shifts == "estimate":
+            origins = refined_origins
+        timings["refine_s"] = time.perf_counter() - t0
+    evaluation = before = None
     if evaluate_truth and stack.has_orientations():
         evaluation = evaluate(rotations, stack.rotations())
-    return RecoverOutcome(rotations, origins, result, amb, pairs, timings, evaluation)
+        if unrefined is not None:
+            before = evaluate(unrefined, stack.rotations())
+    return RecoverOutcome(rotations, origins, result, amb, pairs, timings, evaluation, before)
 
 
 def write_recovery(outcome: RecoverOutcome, stack: ParticleStack, outdir: Path) -> dict:
@@ -148,6 +164,8 @@ def write_recovery(outcome: RecoverOutcome, stack: ParticleStack, outdir: Path) 
     if ev is not None:
         truth = stack.rotations()
         metrics["evaluation"] = ev.metrics()
+        if outcome.evaluation_before_refinement is not None:
+            metrics["evaluation_before_refinement"] = outcome.evaluation_before_refinement.metrics()
         if "rlnOriginXAngst" in stack.particles.columns:
             err = (outcome.origins_angstrom - stack.shifts_angstrom()).norm(dim=1) / stack.pixel_size
             metrics["evaluation"]["shift_error_px"] = {"median": float(err.median()),

@@ -1,0 +1,105 @@
+import json
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+from cryorient.io import load_npz
+
+from .cli_helpers import assert_one_line_error, run_cli
+
+TINY = ["--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "16", "--width", "8", "--input-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    sim = root / "sim"
+    code, _, err = run_cli("simulate", "--n-particles", 200, "--box-size", 32, "--pixel-size", 4.0,
+                           "--snr", "1", "--max-shift-px", 1, "--ctf", "--outdir", sim, "--quiet")
+    assert code == 0, err
+    out = root / "train"
+    code, stdout, err = run_cli("train", "--reference", "1ake_adk_closed", "--particles",
+                                sim / "particles.star", *TINY, "--outdir", out, "--quiet")
+    assert code == 0, err
+    assert "validation distance MAE" in stdout
+    return sim, out
+
+
+def test_train_outputs(trained):
+    _, out = trained
+    for name in ("model.pt", "checkpoint.pt", "metrics.jsonl", "config.yaml", "run.json",
+                 "figures/loss.png", "figures/predicted_vs_true.png", "figures/error_by_distance.png"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and 0 <= rows[0]["val_mae"] <= np.pi
+    payload = torch.load(out / "model.pt", weights_only=True)
+    imaging = payload["summary"]["imaging"]
+    assert imaging["ctf"] is True and 0.6 < imaging["snr"] < 1.5  # SNR 1 estimated from the particles
+    assert payload["config"]["phase_flip"] is True
+
+
+def test_resume_continues_and_overwrite_rules(trained, tmp_path):
+    sim, out = trained
+    code, _, err = run_cli("train", "--reference", "1ake_adk_closed", "--particles", sim / "particles.star",
+                           *TINY, "--outdir", out, "--quiet")
+    assert_one_line_error(code, err, "exists", "--resume")
+    code, _, err = run_cli("train", "--reference", "1ake_adk_closed", "--particles", sim / "particles.star",
+                           *TINY[:1], "2", *TINY[2:], "--outdir", out, "--resume", "--quiet")
+    assert code == 0, err
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and json.loads(rows[-1])["epoch"] == 2
+    code, _, err = run_cli("train", "--reference", "1ake_adk_closed", "--particles", sim / "particles.star",
+                           *TINY, "--outdir", tmp_path / "fresh", "--resume", "--quiet")
+    assert_one_line_error(code, err, "no checkpoint.pt")
+
+
+def test_distances_and_recover_with_model(trained, tmp_path):
+    sim, out = trained
+    code, _, err = run_cli("distances", "--particles", sim / "particles.star", "--model",
+                           out / "model.pt", "--outdir", tmp_path / "d", "--quiet")
+    assert code == 0, err
+    emb = load_npz(tmp_path / "d/embeddings.npz", required=("embeddings", "neighbours"))
+    assert emb["embeddings"].shape == (200, 9) and emb["neighbours"].shape == (200, 16)
+    pairs = load_npz(tmp_path / "d/pairs.npz", required=("i", "j", "distance"))
+    assert pairs["distance"].min() >= 0 and pairs["distance"].max() <= np.pi
+    metrics = json.loads((tmp_path / "d/metrics.json").read_text())
+    assert "vs_true" in metrics
+    code, _, err = run_cli("recover", "--particles", sim / "particles.star", "--distances",
+                           f"model:{out / 'model.pt'}", "--restarts", "1", "--outdir", tmp_path / "r",
+                           "--quiet")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r/metrics.json").read_text())["n_pairs"] > 0
+
+
+def test_train_and_distances_bad_inputs(trained, tmp_path):
+    sim, out = trained
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    torch.save({"weights": torch.ones(3)}, tmp_path / "foreign.pt")
+    base = ["--particles", sim / "particles.star"]
+    for args, fragment in [
+        (["distances", *base, "--model", tmp_path / "bad.pt"], "corrupt"),
+        (["distances", *base, "--model", tmp_path / "foreign.pt"], "not a cryorient checkpoint"),
+        (["recover", *base, "--distances", f"model:{tmp_path / 'missing.pt'}"], "not found"),
+        (["train", "--reference", "3kpr", *base, *TINY], "too large"),
+        (["train", "--reference", "1ake_adk_closed", *base, "--epochs", "0"], "must be >= 1"),
+        (["train", "--reference", "1ake_adk_closed", *base, "--objective", "pose", "--head", "cosine"],
+         "pose objective needs the rotation head"),
+    ]:
+        code, _, err = run_cli(*args, "--outdir", tmp_path / "o", "--quiet")
+        assert_one_line_error(code, err, fragment)
+        assert not (tmp_path / "o").exists()
+    # NaN images: a copy of the stack with one image broken
+    with mrcfile.open(sim / "particles.mrcs") as m:
+        data = m.data.copy()
+    data[5, 3, 3] = np.nan
+    nan_dir = tmp_path / "nan"
+    nan_dir.mkdir()
+    with mrcfile.new(nan_dir / "particles.mrcs") as m:
+        m.set_data(data)
+        m.voxel_size = 4.0
+    (nan_dir / "particles.star").write_text((sim / "particles.star").read_text())
+    code, _, err = run_cli("distances", "--particles", nan_dir / "particles.star", "--model",
+                           out / "model.pt", "--outdir", tmp_path / "o", "--quiet")
+    assert_one_line_error(code, err, "particle image 6 contains NaN")

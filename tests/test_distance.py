@@ -1,0 +1,165 @@
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cryorient.density import DensityOptions, load_volume
+from cryorient.distance.data import Augmentation, ImagingModel, ReferenceSampler, augment_volume
+from cryorient.distance.model import ModelConfig, SiameseDistance
+from cryorient.distance.preprocess import check_compatible, prepare_inputs
+from cryorient.distance.train import TrainConfig, batch_loss, load_model, train
+from cryorient.errors import CryorientError
+from cryorient.simulate.noise import estimate_snr
+from cryorient.simulate.simulator import SimulationConfig, simulate_stack
+from cryorient.so3 import rotmat_distance
+
+TINY = ModelConfig(width=8, input_size=16, input_pixel_size=8.0)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return load_volume("1ake_adk_closed", DensityOptions(box=32, pixel_size=4.0))
+
+
+def sampler(volume, seed=0, snr=math.inf, aug=False):
+    imaging = ImagingModel(32, 4.0, snr, 1.0, None)
+    return ReferenceSampler(volume, imaging, TINY.input_size, TINY.input_pixel_size, False,
+                            Augmentation(enabled=aug), torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("head", ["rotation", "cosine"])
+def test_output_shape_range_and_symmetry(volume, head):
+    torch.manual_seed(0)
+    model = SiameseDistance(ModelConfig(width=8, input_size=16, head=head)).eval()
+    x, _, _ = sampler(volume).batch(12)
+    emb = model.embed(x)
+    assert emb.shape == (12, 9 if head == "rotation" else 512)
+    d = model.distance(emb[:6], emb[6:])
+    assert d.shape == (6,) and (d >= 0).all() and (d <= math.pi + 1e-6).all()
+    assert torch.allclose(d, model.distance(emb[6:], emb[:6]), atol=1e-6)
+    assert torch.allclose(model(x[:6], x[6:]), model(x[6:], x[:6]), atol=1e-6)
+    if head == "rotation":
+        r = emb.view(-1, 3, 3)
+        assert torch.allclose(r @ r.transpose(-1, -2), torch.eye(3).expand(12, 3, 3), atol=1e-5)
+
+
+def test_tiny_model_overfits_16_pairs(volume):
+    torch.manual_seed(0)
+    x, rot, _ = sampler(volume, seed=3).batch(32)
+    model = SiameseDistance(ModelConfig(width=8, input_size=16, head="cosine", embedding=64))
+    cfg = TrainConfig(objective="pairs", model=model.config)
+    i = torch.arange(16)
+    pairs_x = torch.cat([x[i], x[i + 16]])
+    pairs_rot = torch.cat([rot[i], rot[i + 16]])
+    target = rotmat_distance(pairs_rot[:16], pairs_rot[16:])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = batch_loss(model, pairs_x, pairs_rot, target, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model(pairs_x[:16], pairs_x[16:])
+    assert float((pred - target).abs().mean()) < 0.1
+
+
+def test_sampler_balanced_and_augmented(volume):
+    s = sampler(volume, seed=1, snr=0.5, aug=True)
+    x, rot, designed = s.batch(64)
+    assert x.shape == (64, 16, 16) and torch.isfinite(x).all()
+    got = rotmat_distance(rot[:32], rot[32:])
+    assert torch.allclose(got, designed, atol=1e-4)
+    assert float(designed.min()) < 0.5 and float(designed.max()) > 2.5
+    vol = augment_volume(volume, 4.0, Augmentation(), torch.Generator().manual_seed(0))
+    corr = torch.corrcoef(torch.stack([vol.flatten(), volume.flatten()]))[0, 1]
+    assert 0.5 < float(corr) < 0.999
+
+
+def test_snr_estimated_from_images(volume):
+    for snr in (1.0, 1 / 16):
+        stack, _ = simulate_stack(volume, 4.0, SimulationConfig(n_particles=400, snr=snr, max_shift_px=1),
+                                  torch.Generator().manual_seed(0))
+        est, _ = estimate_snr(stack.images.read())
+        assert abs(est / snr - 1) < 0.2, (snr, est)
+
+
+def _interrupt_after(n):
+    count = [0]
+
+    def cb(k):
+        count[0] += k
+        if count[0] >= n:
+            raise KeyboardInterrupt
+
+    return cb
+
+
+def test_checkpoint_resume_matches_uninterrupted_run(volume, tmp_path):
+    cfg = TrainConfig(epochs=2, steps_per_epoch=3, batch_size=8, val_size=16, model=TINY,
+                      augmentation=Augmentation(enabled=False))
+    val = sampler(volume, seed=99).batch(16)[:2]
+
+    def make(rank):
+        return sampler(volume, seed=10 + rank)
+
+    full = tmp_path / "full"
+    full.mkdir()
+    reference = train(cfg, make, val, full, seed=0)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, make, val, broken, seed=0, progress=_interrupt_after(4))  # inside epoch 2
+    assert (broken / "checkpoint.pt").is_file() and not (broken / "model.pt").exists()
+    resumed = train(cfg, make, val, broken, resume=True, seed=0)
+    assert resumed["train_loss"] == reference["train_loss"]
+    assert resumed["val_mae"] == reference["val_mae"]
+    payload = torch.load(broken / "model.pt", weights_only=True)
+    assert payload["kind"] == "distance-model"
+    a, b = load_model(full / "model.pt"), load_model(broken / "model.pt")
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(pa, pb)
+
+
+def test_bad_checkpoints(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CryorientError, match="corrupt"):
+        load_model(tmp_path / "junk.pt")
+    torch.save({"format": "cryorient-checkpoint-v1", "kind": "distance-training"}, tmp_path / "other.pt")
+    with pytest.raises(CryorientError, match="expected 'distance-model'"):
+        load_model(tmp_path / "other.pt")
+
+
+def test_preprocess_resamples_and_refuses_extremes():
+    imgs = torch.randn(3, 64, 64)
+    out = prepare_inputs(imgs, 2.0, None, 32, 4.0)
+    assert out.shape == (3, 32, 32)
+    assert torch.allclose(out.mean((-2, -1)), torch.zeros(3), atol=1e-5)
+    out = prepare_inputs(torch.randn(2, 48, 48), 2.0, None, 32, 4.0)  # smaller field: padded
+    assert out.shape == (2, 32, 32)
+    with pytest.raises(CryorientError, match="too coarse"):
+        check_compatible(64, 9.0, 32, 4.0)
+    with pytest.raises(CryorientError, match="field of view"):
+        check_compatible(16, 2.0, 32, 4.0)
+
+
+def test_ddp_two_processes_in_sync(tmp_path):
+    sim = tmp_path / "sim"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "cryorient", "simulate", "--n-particles", "50", "--box-size", "32",
+                    "--pixel-size", "4", "--outdir", str(sim), "--quiet"], check=True, env=env)
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         "-m", "cryorient", "train", "--reference", "1ake_adk_closed",
+         "--particles", str(sim / "particles.star"),
+         "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--width", "8", "--input-size", "16",
+         "--outdir", str(out), "--quiet", "--threads", "1"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = torch.load(out / "model.pt", weights_only=True)
+    assert payload["summary"]["world_size"] == 2
+    assert payload["summary"]["ranks_in_sync"] is True
