@@ -7,6 +7,9 @@ import io
 
 from cryorient.cli.main import main
 
+# a small, fast simulation: adenylate kinase in a 32-px box at 4 Å/px
+SMALL = ("--structure", "1ake_adk_closed", "--box-size", "32", "--pixel-size", "4")
+
 
 def run_cli(*args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()

@@ -8,13 +8,13 @@ import starfile
 
 from cryorient.io import save_npz
 
-from .cli_helpers import assert_one_line_error, run_cli
+from .cli_helpers import SMALL, assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("rec") / "sim"
-    code, _, err = run_cli("simulate", "--n-particles", 1500, "--box-size", 32, "--pixel-size", 4.0,
+    code, _, err = run_cli("simulate", *SMALL, "--n-particles", 1500,
                            "--snr", "1", "--max-shift-px", 2, "--ctf", "--outdir", out, "--quiet")
     assert code == 0, err
     return out

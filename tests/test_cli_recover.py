@@ -6,13 +6,13 @@ import starfile
 
 from cryorient.io import load_npz
 
-from .cli_helpers import assert_one_line_error, run_cli
+from .cli_helpers import SMALL, assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("recover") / "sim"
-    code, _, err = run_cli("simulate", "--n-particles", 300, "--box-size", 32, "--pixel-size", 4.0,
+    code, _, err = run_cli("simulate", *SMALL, "--n-particles", 300,
                            "--snr", "4", "--max-shift-px", 2, "--outdir", out, "--quiet")
     assert code == 0, err
     return out

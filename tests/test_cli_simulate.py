@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from cryorient.simulate.projector import project_real_space
 
-from .cli_helpers import assert_one_line_error, run_cli
+from .cli_helpers import SMALL, assert_one_line_error, run_cli
 from .test_conventions import relion_A
 
 
@@ -47,7 +47,7 @@ def test_simulated_image_equals_independent_projection_from_star(tmp_path):
     """Read volume.mrc and the STAR with mrcfile/starfile, project with RELION's own Euler
     formula and origin rule in real space, compare with particles.mrcs."""
     out = tmp_path / "sim"
-    code, _, err = run_cli("simulate", "--n-particles", 6, "--box-size", 32, "--pixel-size", 4.0,
+    code, _, err = run_cli("simulate", *SMALL, "--n-particles", 6,
                            "--snr", "inf", "--max-shift-px", 3, "--outdir", out, "--quiet")
     assert code == 0, err
     with mrcfile.open(out / "volume.mrc") as m:
@@ -84,7 +84,8 @@ def test_help_has_examples():
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, fragment):
     out = tmp_path / "sim"
-    code, _, err = run_cli("simulate", "--outdir", out, "--quiet", *args)
+    code, _, err = run_cli("simulate", "--outdir", out, "--quiet", "--box-size", "64", "--pixel-size", "2",
+                           *args)
     assert_one_line_error(code, err, fragment)
     assert not out.exists()
     assert not list(tmp_path.iterdir())
@@ -100,7 +101,7 @@ def test_corrupt_files_and_existing_outdir(tmp_path):
     code, _, err = run_cli("simulate", "--structure", badmap, "--outdir", tmp_path / "b", "--quiet")
     assert_one_line_error(code, err, "bad.mrc")
     out = tmp_path / "c"
-    args = ["simulate", "--n-particles", 10, "--box-size", 32, "--pixel-size", 4, "--outdir", out,
+    args = ["simulate", *SMALL, "--n-particles", 10, "--outdir", out,
             "--quiet"]
     assert run_cli(*args)[0] == 0
     before = (out / "particles.star").read_bytes()
@@ -114,9 +115,9 @@ def test_corrupt_files_and_existing_outdir(tmp_path):
 
 def test_structures_and_inspect(tmp_path):
     code, out, _ = run_cli("structures")
-    assert code == 0 and "1ake_adk_closed" in out and "(default)" in out and len(out.splitlines()) == 57
+    assert code == 0 and "3kpr_single" in out and "(default)" in out and len(out.splitlines()) == 58
     sim = tmp_path / "sim"
-    assert run_cli("simulate", "--n-particles", 20, "--box-size", 32, "--pixel-size", 4,
+    assert run_cli("simulate", *SMALL, "--n-particles", 20,
                    "--outdir", sim, "--quiet")[0] == 0
     code, out, err = run_cli("inspect", "--particles", sim / "particles.star", "--outdir",
                              tmp_path / "insp", "--quiet")

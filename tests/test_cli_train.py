@@ -7,7 +7,7 @@ import torch
 
 from cryorient.io import load_npz
 
-from .cli_helpers import assert_one_line_error, run_cli
+from .cli_helpers import SMALL, assert_one_line_error, run_cli
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "16", "--width", "8", "--input-size", "16"]
 
@@ -16,7 +16,7 @@ TINY = ["--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "16", "--widt
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     sim = root / "sim"
-    code, _, err = run_cli("simulate", "--n-particles", 200, "--box-size", 32, "--pixel-size", 4.0,
+    code, _, err = run_cli("simulate", *SMALL, "--n-particles", 200,
                            "--snr", "1", "--max-shift-px", 1, "--ctf", "--outdir", sim, "--quiet")
     assert code == 0, err
     out = root / "train"

@@ -32,7 +32,7 @@ def test_atoms_to_volume_centred_and_band_limited(adk_volume_64):
 
 def test_bundled_library_and_formats():
     names = bundled_structures()
-    assert len(names) == 56 and "1ake_adk_closed" in names and "3kpr" in names
+    assert len(names) == 57 and "1ake_adk_closed" in names and "3kpr_single" in names
     info = structure_info("5pti", names["5pti"])  # mmCIF.gz
     assert info.n_residues == 58
     adk = structure_info("1ake_adk_closed", names["1ake_adk_closed"])

@@ -149,7 +149,8 @@ def test_preprocess_resamples_and_refuses_extremes():
 def test_ddp_two_processes_in_sync(tmp_path):
     sim = tmp_path / "sim"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "cryorient", "simulate", "--n-particles", "50", "--box-size", "32",
+    subprocess.run([sys.executable, "-m", "cryorient", "simulate", "--structure", "1ake_adk_closed",
+                    "--n-particles", "50", "--box-size", "32",
                     "--pixel-size", "4", "--outdir", str(sim), "--quiet"], check=True, env=env)
     out = tmp_path / "ddp"
     proc = subprocess.run(

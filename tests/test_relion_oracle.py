@@ -29,7 +29,7 @@ from cryorient.simulate.simulator import (
     simulation_optics,
 )
 
-from .cli_helpers import run_cli
+from .cli_helpers import SMALL, run_cli
 from .conftest import blob_volume
 
 
@@ -116,7 +116,7 @@ def test_relion_reconstruct_accepts_our_star(tmp_path):
     """relion_reconstruct, given our STAR as is, rebuilds our ground-truth volume: RELION reads
     our angles and origins the way we wrote them."""
     out = tmp_path / "sim"
-    code, _, err = run_cli("simulate", "--n-particles", 800, "--box-size", 32, "--pixel-size", 4.0,
+    code, _, err = run_cli("simulate", *SMALL, "--n-particles", 800,
                            "--snr", "inf", "--max-shift-px", 3, "--outdir", out, "--quiet")
     assert code == 0, err
     relion(["relion_reconstruct", "--i", "particles.star", "--o", "relion_rec.mrc"], out)

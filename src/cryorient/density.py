@@ -28,7 +28,7 @@ class DensityOptions:
     """How a structure becomes a density volume."""
 
     box: int = 64
-    pixel_size: float = 2.0
+    pixel_size: float = 2.5
     resolution: float | None = None  # Å; default 2.5 px (0.8 of Nyquist)
     keep_ligands: bool = False
     chains: tuple[str, ...] | None = None  # keep only these chains of an atomic model

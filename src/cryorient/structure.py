@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import CryorientError, require_file
 
-DEFAULT_STRUCTURE = "1ake_adk_closed"
+DEFAULT_STRUCTURE = "3kpr_single"
 ATOM_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 MAP_SUFFIXES = (".mrc", ".map", ".ccp4")
 

@@ -24,7 +24,7 @@ EXAMPLES = """examples:
 """
 
 
-def add_parser(sub, name: str) -> None:
+def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help="embed a stack with a distance model and write pair distances",
         description="Embed every particle with a trained distance model (one encoder pass per "
@@ -41,6 +41,7 @@ def add_parser(sub, name: str) -> None:
                    help="pixel size in Å (only for RELION 3.0 STAR files that lack it)")
     add_run_options(p)
     p.set_defaults(func=run)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ EXAMPLES = """examples:
 """
 
 
-def add_parser(sub, name: str) -> None:
+def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help="load a RELION particle STAR (3.0 or 3.1) and summarise it",
                        description="Load a RELION 3.0 or 3.1 particle STAR file and its image "
                                    "stacks, print a summary, and optionally write figures.",
@@ -28,6 +28,7 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --outdir")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
+    return p
 
 
 def summarise(stack) -> dict:

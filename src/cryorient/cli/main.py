@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 
 from ..errors import CryorientError
-from . import distances, inspect_cmd, reconstruct, recover, simulate, structures, train
+from . import demo, distances, inspect_cmd, reconstruct, recover, run, simulate, structures, train
 from .common import HelpFormatter, OneLineParser
 
 # name -> module with add_parser(subparsers) and run(args) -> int
 COMMANDS = {
+    "demo": demo,
+    "run": run,
     "simulate": simulate,
     "train": train,
     "distances": distances,
@@ -32,15 +34,21 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--version", action="version", version=f"cryorient {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
-    for name, module in COMMANDS.items():
-        module.add_parser(sub, name)
+    parser.subparsers = {name: module.add_parser(sub, name) for name, module in COMMANDS.items()}
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None):  # run/demo: the YAML supplies defaults, flags override
+            from .run import apply_config_file
+
+            command = args.command
+            args = apply_config_file(parser.subparsers[command], argv[argv.index(command) + 1:])
+            args.command = command
         return int(args.func(args) or 0)
     except CryorientError as exc:
         print(f"cryorient {args.command}: error: {exc}", file=sys.stderr)

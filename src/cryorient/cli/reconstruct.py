@@ -19,7 +19,7 @@ EXAMPLES = """examples:
 """
 
 
-def add_parser(sub, name: str) -> None:
+def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help="reconstruct a volume from a particle STAR (direct Fourier inversion, FSC)",
         description="Reconstruct the density from the images, orientations, origins (and CTF) of a "
@@ -47,6 +47,7 @@ def add_parser(sub, name: str) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per batch")
     add_run_options(p)
     p.set_defaults(func=run)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ EXAMPLES = """examples:
 """
 
 
-def add_parser(sub, name: str) -> None:
+def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help="recover orientations from pairwise distances",
         description="Fit unit quaternions to pairwise distances (multilateration start, "
@@ -59,6 +59,7 @@ def add_parser(sub, name: str) -> None:
                    help="pixel size in Å (only for RELION 3.0 STAR files that lack it)")
     add_run_options(p)
     p.set_defaults(func=run)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:

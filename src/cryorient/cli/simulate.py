@@ -27,13 +27,14 @@ EXAMPLES = """examples:
   cryorient simulate --outdir runs/sim
   cryorient simulate --structure 1ake_adk_closed --n-particles 5000 --box-size 64 \\
       --pixel-size 2.0 --snr 1/16 --max-shift-px 4 --ctf --outdir runs/sim_ctf
+  cryorient simulate --structure 3kpr --chains A,B,C,D,E --pixel-size 2.5 --outdir runs/one_copy
   cryorient simulate --structure my_model.cif --snr inf --max-shift-px 0 --outdir runs/clean
   cryorient simulate --structure map.mrc --tilt-max-deg 72 --orientation-sampling euler \\
       --noise-variance 16 --outdir runs/seed_like
 """
 
 
-def add_parser(sub, name: str) -> None:
+def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help="simulate projections of a structure (MRCS + RELION STAR)",
         description="Simulate a single-particle stack: density from a structure (bundled name, "
@@ -42,11 +43,19 @@ def add_parser(sub, name: str) -> None:
                     "(var(clean)/var(noise) over the box). Writes particles.mrcs, particles.star "
                     "(RELION 3.1), volume.mrc and figures.",
         epilog=EXAMPLES, formatter_class=HelpFormatter)
+    add_simulation_options(p)
+    add_run_options(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_simulation_options(p) -> None:
+    """The structure, particle, orientation and CTF options (shared with ``cryorient run``)."""
     g = p.add_argument_group("structure")
     g.add_argument("--structure", default=DEFAULT_STRUCTURE,
                    help="bundled name (see 'cryorient structures') or PDB/mmCIF/MRC path")
     g.add_argument("--box-size", type=int, default=64, help="box size in pixels (even)")
-    g.add_argument("--pixel-size", type=float, default=2.0, help="pixel size in Å")
+    g.add_argument("--pixel-size", type=float, default=2.5, help="pixel size in Å")
     g.add_argument("--resolution", type=float, default=None,
                    help="band limit of the density in Å (default 2.5 x pixel size)")
     g.add_argument("--keep-ligands", action="store_true", help="keep ligands (waters are dropped)")
@@ -79,8 +88,6 @@ def add_parser(sub, name: str) -> None:
     g.add_argument("--amplitude-contrast", type=float, default=0.1, help="amplitude contrast")
     g.add_argument("--phase-flip", action="store_true", help="apply sign(CTF) instead of the CTF")
     g.add_argument("--batch-size", type=int, default=256, help="images per batch")
-    add_run_options(p)
-    p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[DensityOptions, SimulationConfig]:

@@ -8,12 +8,13 @@ from ..structure import DEFAULT_STRUCTURE, bundled_structures, structure_info
 from .common import HelpFormatter
 
 
-def add_parser(sub, name: str) -> None:
+def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help="list the bundled structures (name, residues, size)",
                        description="List the structures shipped with cryorient. Use a name with "
                                    "--structure (or --reference); any PDB/mmCIF/MRC path works too.",
                        formatter_class=HelpFormatter)
     p.set_defaults(func=run)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:

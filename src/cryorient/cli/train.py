@@ -9,14 +9,13 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from ..density import DensityOptions, load_volume
-from ..distance.data import Augmentation, ReferenceSampler, imaging_from_stack
+from ..distance.data import Augmentation, imaging_from_stack
 from ..distance.model import ModelConfig
 from ..distance.preprocess import default_input
-from ..distance.train import TrainConfig, init_distributed, train
+from ..distance.train import TrainConfig, init_distributed, train_on_reference
 from ..errors import CryorientError
 from ..particles import read_particles
 from ..rundir import run_info, write_json, write_yaml
@@ -30,7 +29,7 @@ EXAMPLES = """examples:
 """
 
 
-def add_parser(sub, name: str) -> None:
+def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help="train the Siamese distance on projections of a reference",
         description="Train a Siamese CNN to estimate the geodesic distance between the orientations "
@@ -66,6 +65,7 @@ def add_parser(sub, name: str) -> None:
                    help="pixel size in Å (only for RELION 3.0 STAR files that lack it)")
     add_run_options(p)
     p.set_defaults(func=run)
+    return p
 
 
 def configs(args: argparse.Namespace, box: int, pixel_size: float, has_ctf: bool) -> TrainConfig:
@@ -111,22 +111,11 @@ def run(args: argparse.Namespace) -> int:
         write_json(outdir / "run.json", run_info("train", None, args.seed))
     if world > 1:
         dist.barrier()
-    seed = int(args.seed)
-
-    def make_sampler(r: int) -> ReferenceSampler:
-        return ReferenceSampler(volume, imaging, cfg.model.input_size, cfg.model.input_pixel_size,
-                                cfg.model.phase_flip, cfg.augmentation,
-                                torch.Generator().manual_seed(seed * 1000 + r + 1))
-
-    val_sampler = ReferenceSampler(volume, imaging, cfg.model.input_size, cfg.model.input_pixel_size,
-                                   cfg.model.phase_flip, Augmentation(enabled=False),
-                                   torch.Generator().manual_seed(seed * 1000 + 999))
-    val_inputs, val_rot, _ = val_sampler.batch(cfg.val_size)
     summary = {"reference": str(args.reference), "imaging": imaging.summary()}
     total = cfg.epochs * cfg.steps_per_epoch
     with progress(total, "train (steps)", args.quiet or rank != 0) as bar:
-        final = train(cfg, make_sampler, (val_inputs, val_rot), outdir, resume=args.resume, seed=seed,
-                      summary=summary, progress=bar.update)
+        final = train_on_reference(volume, imaging, cfg, outdir, resume=args.resume, seed=int(args.seed),
+                                   summary=summary, progress=bar.update)
     if rank == 0:
         snr = f"SNR {imaging.snr:.3g}{' estimated' if args.snr is None else ''}"
         ctf = "CTF" if imaging.ctf is not None else "no CTF"

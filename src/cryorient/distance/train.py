@@ -246,6 +246,24 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
     return final
 
 
+def train_on_reference(volume: torch.Tensor, imaging, cfg: TrainConfig, outdir: Path, resume: bool = False,
+                       seed: int = 0, summary: dict | None = None,
+                       progress: Callable[[int], None] | None = None) -> dict:
+    """Train on projections of ``volume`` made with ``imaging`` (see :class:`ReferenceSampler`);
+    every rank draws its own data, the validation batch is fixed by the seed."""
+    m = cfg.model
+
+    def make_sampler(rank: int) -> ReferenceSampler:
+        return ReferenceSampler(volume, imaging, m.input_size, m.input_pixel_size, m.phase_flip,
+                                cfg.augmentation, torch.Generator().manual_seed(seed * 1000 + rank + 1))
+
+    val = ReferenceSampler(volume, imaging, m.input_size, m.input_pixel_size, m.phase_flip,
+                           Augmentation(enabled=False), torch.Generator().manual_seed(seed * 1000 + 999))
+    inputs, rot, _ = val.batch(cfg.val_size)
+    return train(cfg, make_sampler, (inputs, rot), outdir, resume=resume, seed=seed, summary=summary,
+                 progress=progress)
+
+
 def write_training_figures(model: SiameseDistance, history: list[dict], val: Batch, figs: Path) -> None:
     figs.mkdir(exist_ok=True)
     if history:

@@ -1,0 +1,158 @@
+"""The whole pipeline on a small stack: stages, resume, config reproduction, the report in
+headless Chromium, and pipeline-level bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+import yaml
+
+from .cli_helpers import SMALL, assert_one_line_error, run_cli
+
+FAST = [*SMALL, "--n-particles", "300", "--snr", "2", "--max-shift-px", "1",
+        "--reference", "1ake_adk_closed", "--epochs", "1", "--steps-per-epoch", "4",
+        "--train-batch-size", "16", "--width", "8", "--input-size", "16", "--restarts", "1",
+        "--refine-rounds", "1", "--ambiguity-images", "300"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, monkeypatch_module):
+    root = tmp_path_factory.mktemp("pipeline")
+    out = root / "run"
+    code, stdout, err = run_cli("run", *FAST, "--outdir", out, "--quiet")
+    assert code == 0, err
+    return root, out, stdout
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CRYORIENT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield mp
+    mp.undo()
+
+
+def test_run_outputs_and_summary(pipeline_run):
+    _, out, stdout = pipeline_run
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 3 and "median error" in lines[1] and "report" in lines[2]
+    for name in ("particles.star", "map.mrc", "summary.json", "report.html", "config.yaml", "run.json",
+                 "simulate/stage.json", "train/model.pt", "recover/orientations.star", "reconstruct/fsc.csv",
+                 "reconstruct/truth_frame/reconstruction.mrc"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_particles"] == 300 and summary["distances"].startswith("trained")
+    assert 0 <= summary["median_error_deg"] <= 180
+    final = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    assert len(final) == 300 and final["rlnImageName"].iloc[0].startswith("000001@simulate/")
+
+
+def test_rerun_skips_everything_and_config_reproduces(pipeline_run, tmp_path):
+    _, out, _ = pipeline_run
+    before = (out / "map.mrc").read_bytes()
+    code, _, err = run_cli("run", *FAST, "--outdir", out, "--quiet")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages_skipped"] == ["simulate", "train", "recover", "reconstruct"]
+    assert (out / "map.mrc").read_bytes() == before
+    # the saved config reproduces the run elsewhere (the trained model comes from the cache)
+    again = tmp_path / "again"
+    code, _, err = run_cli("run", "--config", out / "config.yaml", "--outdir", again, "--quiet")
+    assert code == 0, err
+    a = json.loads((again / "summary.json").read_text())
+    assert a["median_error_deg"] == pytest.approx(summary["median_error_deg"])
+    assert (again / "train/stage.json").is_file()
+    # other options in the same outdir are refused
+    code, _, err = run_cli("run", *FAST, "--seed", "5", "--outdir", out, "--quiet")
+    assert_one_line_error(code, err, "other options", "--config")
+
+
+def test_interrupted_run_resumes_with_the_same_result(pipeline_run, tmp_path):
+    _, out, _ = pipeline_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "reconstruct")  # as if stopped during the last stage
+    (copy / "summary.json").unlink()
+    code, _, err = run_cli("run", *FAST, "--outdir", copy, "--quiet")
+    assert code == 0, err
+    s = json.loads((copy / "summary.json").read_text())
+    assert s["stages_skipped"] == ["simulate", "train", "recover"]
+    with mrcfile.open(copy / "map.mrc") as a, mrcfile.open(out / "map.mrc") as b:
+        assert np.array_equal(a.data, b.data)  # the same map (headers differ by their time stamp)
+
+
+def test_pipeline_bad_inputs(pipeline_run, tmp_path):
+    _, out, _ = pipeline_run
+    # a STAR whose images are missing on disk
+    star = tmp_path / "lost.star"
+    shutil.copyfile(out / "simulate" / "particles.star", star)
+    code, _, err = run_cli("run", "--particles", star, "--model", out / "train/model.pt",
+                           "--outdir", tmp_path / "o1", "--quiet")
+    assert_one_line_error(code, err, "particles.mrcs", "not found")
+    # mixed box sizes across stacks
+    blocks = starfile.read(out / "simulate" / "particles.star", always_dict=True)
+    parts = blocks["particles"].copy()
+    other = tmp_path / "other.mrcs"
+    with mrcfile.new(other) as m:
+        m.set_data(np.zeros((5, 48, 48), np.float32))
+        m.voxel_size = 4.0
+    shutil.copyfile(out / "simulate" / "particles.mrcs", tmp_path / "particles.mrcs")
+    parts["rlnImageName"] = [f"{i + 1:06d}@particles.mrcs" for i in range(len(parts))]
+    parts.loc[0, "rlnImageName"] = "000001@other.mrcs"
+    mixed = tmp_path / "mixed.star"
+    starfile.write({"optics": blocks["optics"], "particles": parts}, mixed)
+    code, _, err = run_cli("run", "--particles", mixed, "--model", out / "train/model.pt",
+                           "--outdir", tmp_path / "o2", "--quiet")
+    assert_one_line_error(code, err, "different box sizes")
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text(yaml.safe_dump({"n_particles": 10, "no_such_option": 3}))
+    code, _, err = run_cli("run", "--config", bad_cfg, "--outdir", tmp_path / "o3", "--quiet")
+    assert_one_line_error(code, err, "unknown option", "no_such_option")
+    for d in ("o1", "o2", "o3"):
+        assert not (tmp_path / d / "summary.json").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Debian's chromium")
+def test_report_renders_in_headless_chromium(pipeline_run):
+    _, out, _ = pipeline_run
+    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+        pytest.fail("chromium and chromium-driver are not installed; `make test` installs them")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={out / '.chromium'}", "--window-size=1200,2400"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    try:
+        driver.get((out / "report.html").resolve().as_uri())
+        assert driver.find_element(By.TAG_NAME, "h1").text == "cryorient run report"
+        summary = json.loads((out / "summary.json").read_text())
+        cells = driver.find_elements(By.CSS_SELECTOR, "td[data-key]")
+        shown = {e.get_attribute("data-key"): e.text for e in cells}
+        assert set(shown) == set(summary)
+        for key, value in summary.items():
+            if isinstance(value, float):
+                assert float(shown[key]) == pytest.approx(value, rel=1e-3), key
+            elif isinstance(value, (int, str)) and not isinstance(value, bool):
+                assert shown[key] == str(value), key
+        plot = driver.find_elements(By.CSS_SELECTOR, "#directions3d .main-svg")
+        assert plot, "the plotly 3D view did not render"
+        assert len(driver.find_elements(By.CSS_SELECTOR, "figure img")) >= 8
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        driver.save_screenshot(str(out / "report_screenshot.png"))
+    finally:
+        driver.quit()
+    assert (out / "report_screenshot.png").stat().st_size > 10000
