@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-APT_PACKAGES := relion
+APT_PACKAGES := relion chromium chromium-driver
 
 .PHONY: setup system-deps lint test demo clean
 
@@ -34,7 +34,7 @@ test: setup system-deps lint
 	$(BIN)/pytest
 
 demo: setup
-	$(BIN)/cryorient simulate --outdir runs/demo --overwrite
+	$(BIN)/cryorient demo --outdir runs/demo --overwrite
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -156,3 +156,42 @@ def test_report_renders_in_headless_chromium(pipeline_run):
     finally:
         driver.quit()
     assert (out / "report_screenshot.png").stat().st_size > 10000
+
+
+def test_export_relion_writes_refine_inputs(pipeline_run, tmp_path):
+    _, out, _ = pipeline_run
+    dest = tmp_path / "relion"
+    code, stdout, err = run_cli("export-relion", "--run", out, "--lowpass", 20, "--outdir", dest, "--quiet")
+    assert code == 0, err
+    assert "relion_refine.sh" in stdout
+    from cryorient.particles import read_particles
+
+    theirs, ours = read_particles(dest / "particles.star"), read_particles(out / "particles.star")
+    assert theirs.n == ours.n == 300
+    np.testing.assert_allclose(theirs.rotations().numpy(), ours.rotations().numpy(), atol=1e-5)
+    first = np.arange(3)
+    np.testing.assert_array_equal(theirs.images.read(first).numpy(), ours.images.read(first).numpy())
+    with mrcfile.open(dest / "initial_model.mrc") as m, mrcfile.open(out / "map.mrc") as full:
+        assert float(m.voxel_size.x) == pytest.approx(4.0) and m.data.shape == (32, 32, 32)
+        lp, raw = m.data.astype(np.float64), full.data.astype(np.float64)
+    # low-passed at 20 Å (Nyquist 8 Å): less power beyond 20 Å, the map itself otherwise
+    f_lp, f_raw = np.abs(np.fft.fftn(lp)), np.abs(np.fft.fftn(raw))
+    k = np.sqrt(sum(np.meshgrid(*[np.fft.fftfreq(32, d=4.0) ** 2] * 3, indexing="ij")))
+    assert f_lp[k > 1 / 16].sum() < 0.05 * f_raw[k > 1 / 16].sum()
+    assert np.corrcoef(lp.ravel(), raw.ravel())[0, 1] > 0.8
+    script = (dest / "relion_refine.sh").read_text()
+    assert "--ref initial_model.mrc" in script and "--ini_high 20" in script and "--ctf" not in script
+    # the sphere baseline: no angles, a centred sphere of the stated diameter
+    sphere = ("export-relion", "--sphere", "--particles", out / "particles.star", "--quiet")
+    code, _, err = run_cli(*sphere, "--diameter", 60, "--outdir", tmp_path / "sphere")
+    assert code == 0, err
+    table = starfile.read(tmp_path / "sphere" / "particles.star", always_dict=True)["particles"]
+    assert "rlnAngleRot" not in table.columns and len(table) == 300
+    with mrcfile.open(tmp_path / "sphere" / "initial_model.mrc") as m:
+        s = m.data
+    assert s[16, 16, 16] > 0 and s[16, 16, 16 + 9] < 0.01 * s[16, 16, 16]  # radius 7.5 px + soft edge
+    code, _, err = run_cli("export-relion", "--run", tmp_path, "--outdir", tmp_path / "x", "--quiet")
+    assert_one_line_error(code, err, "not a finished cryorient run")
+    code, _, err = run_cli(*sphere, "--diameter", 500, "--outdir", tmp_path / "y")
+    assert_one_line_error(code, err, "does not fit")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

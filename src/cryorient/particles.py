@@ -319,12 +319,15 @@ def _open_images(names: pd.Series, star_path: Path) -> ImageStack:
     uniq, file_index = np.unique(files, return_inverse=True)
     arrays, paths, box = [], [], None
     for k, rel in enumerate(uniq):
-        candidates = [star_path.parent / rel, Path(rel)]
+        # next to the STAR file, in the RELION project directory (a job's STAR sits two levels
+        # below it: Refine3D/job012/run_data.star), in the current directory
+        parents = [star_path.parent, *list(star_path.resolve().parents)[1:3]]
+        candidates = [*(d / rel for d in parents), Path(rel)]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             raise CryorientError(
                 f"image stack {rel} named in {star_path.name} was not found (looked next to the STAR "
-                "file and in the current directory)"
+                "file, up to two directories above it (a RELION project) and in the current directory)"
             )
         data, _ = open_mrc_stack(path)
         n_in = np.bincount(file_index, minlength=len(uniq))[k]

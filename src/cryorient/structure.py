@@ -135,3 +135,40 @@ def structure_info(name: str, path: Path) -> StructureInfo:
     extent = float((pos.max(0) - pos.min(0)).max())
     n_res = sum(len(ch) for ch in st[0])
     return StructureInfo(name, path, len(st[0]), n_res, len(pos), 2 * radius, extent)
+
+
+def move_domain(st: gemmi.Structure, chains: tuple[str, ...], angle_deg: float) -> gemmi.Structure:
+    """A copy of ``st`` with ``chains`` rotated rigidly by ``angle_deg`` about a hinge: the axis
+    through the chains' centroid perpendicular to the line from the whole structure's centre
+    of mass to that centroid (a conformational change, for testing reference error)."""
+    out = st.clone()
+    model = out[0]
+    com = np.asarray(model.calculate_center_of_mass().tolist())
+    moving = np.array([a.pos.tolist() for ch in model if ch.name in chains for r in ch for a in r])
+    if len(moving) == 0:
+        raise CryorientError(f"no atoms in chain(s) {', '.join(chains)}")
+    centre = moving.mean(0)
+    arm = centre - com
+    axis = np.cross(arm, [0.0, 0.0, 1.0])
+    if np.linalg.norm(axis) < 1e-6:
+        axis = np.cross(arm, [1.0, 0.0, 0.0])
+    axis /= np.linalg.norm(axis)
+    t = np.deg2rad(angle_deg)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
+    for ch in model:
+        if ch.name in chains:
+            for r in ch:
+                for a in r:
+                    p = rot @ (np.asarray(a.pos.tolist()) - centre) + centre
+                    a.pos = gemmi.Position(*p)
+    return out
+
+
+def write_structure(st: gemmi.Structure, path: str | Path) -> None:
+    """Write a structure as mmCIF (``.cif``) or PDB."""
+    path = Path(path)
+    if path.suffix == ".cif":
+        st.make_mmcif_document().write_file(str(path))
+    else:
+        st.write_pdb(str(path))

@@ -74,9 +74,9 @@ def setup(args: argparse.Namespace) -> torch.Generator:
     return torch.Generator().manual_seed(int(getattr(args, "seed", 0)))
 
 
-def progress(total: int, desc: str, quiet: bool) -> tqdm:
+def progress(total: int, desc: str, quiet: bool, unit: str = "img") -> tqdm:
     """A progress bar on stderr (hidden with --quiet)."""
-    return tqdm(total=total, desc=desc, unit="img", disable=quiet, file=sys.stderr,
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr,
                 dynamic_ncols=True, leave=False)
 
 

@@ -5,7 +5,18 @@ from __future__ import annotations
 import sys
 
 from ..errors import CryorientError
-from . import demo, distances, inspect_cmd, reconstruct, recover, run, simulate, structures, train
+from . import (
+    demo,
+    distances,
+    export_relion,
+    inspect_cmd,
+    reconstruct,
+    recover,
+    run,
+    simulate,
+    structures,
+    train,
+)
 from .common import HelpFormatter, OneLineParser
 
 # name -> module with add_parser(subparsers) and run(args) -> int
@@ -15,6 +26,7 @@ COMMANDS = {
     "simulate": simulate,
     "train": train,
     "distances": distances,
+    "export-relion": export_relion,
     "structures": structures,
     "inspect": inspect_cmd,
     "recover": recover,

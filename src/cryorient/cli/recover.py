@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     config = {"particles": args.particles, "recover": cfg}
     with run_directory(outdir, "recover", config, overwrite=args.overwrite, seed=args.seed) as stage:
-        with progress(None, "recover (steps)", args.quiet) as bar:
+        with progress(None, "recover", args.quiet, unit="step") as bar:
             outcome = run_recovery(stack, source, cfg, generator, neighbours, bar.update,
                                    evaluate_truth=not args.no_eval)
         metrics = write_recovery(outcome, stack, stage)

@@ -140,7 +140,7 @@ def execute(args: argparse.Namespace, command: str) -> int:
                                  f"{outdir / 'config.yaml'}, or use --overwrite or another --outdir")
 
     def bar(name: str, total: int | None):
-        return progress(total, name, args.quiet).update
+        return progress(total, name, args.quiet, unit="step" if name == "train" else "img").update
 
     outdir.mkdir(parents=True, exist_ok=True)
     write_yaml(outdir / "config.yaml", resolved_options(args))  # first: an interrupted run can resume

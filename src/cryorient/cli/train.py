@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         dist.barrier()
     summary = {"reference": str(args.reference), "imaging": imaging.summary()}
     total = cfg.epochs * cfg.steps_per_epoch
-    with progress(total, "train (steps)", args.quiet or rank != 0) as bar:
+    with progress(total, "train", args.quiet or rank != 0, unit="step") as bar:
         final = train_on_reference(volume, imaging, cfg, outdir, resume=args.resume, seed=int(args.seed),
                                    summary=summary, progress=bar.update)
     if rank == 0:

@@ -192,6 +192,8 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
         sampler.load_state(state["samplers"][rank] if rank < len(state["samplers"]) else state["samplers"][0])
         start_epoch, history = int(state["epoch"]), list(json.loads(state["history"]))
         log.info("resuming after epoch %d", start_epoch)
+        if progress is not None and rank == 0:
+            progress(start_epoch * cfg.steps_per_epoch)
     net = model
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
