@@ -3,7 +3,7 @@
     python bench/recover.py            # everything (N up to 100,000; ~20 min)
     python bench/recover.py --quick    # skip N = 20,000 and 100,000
 
-Stacks: the default structure (1ake_adk_closed), box 64, 2 Å/px, shifts up to 4 px, no CTF;
+Stacks: adenylate kinase (1ake_adk_closed), box 64, 2 Å/px, shifts up to 4 px, no CTF;
 SNR 1/16 unless stated. Errors are after the *physical* alignment (global rotation + hand),
 with the distance-only ambiguity resolved from the images by common lines; the O(4) figure
 (what the seed reported) is given beside it. Each case runs in a fresh process (peak RSS is

@@ -104,3 +104,17 @@ def test_insertion_is_batch_independent(volume):
         insert_images(two, images[sl], truth.rotations[sl])
     assert torch.allclose(one.data, two.data, atol=1e-3)
     assert so3.rotmat_angle(truth.rotations).shape == (64,)
+
+
+def test_translation_peak_at_the_search_window_edge_is_finite():
+    """A correlation peak on the rim of the search window (neighbours outside it) gives a
+    finite, whole-pixel shift, not NaN."""
+    from cryorient.reconstruct.shifts import translation
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.zeros(4, 32, 32)
+    ref[:, 16, 16] = 1.0
+    img = torch.roll(ref, shifts=(0, 5), dims=(-2, -1)) + 0.01 * torch.randn(4, 32, 32, generator=g)
+    s = translation(img, ref, limit_px=5.0, lowpass_fraction=1.0)
+    assert torch.isfinite(s).all()
+    assert torch.allclose(s[:, 0], torch.full((4,), 5.0), atol=0.51) and s[:, 1].abs().max() < 0.51

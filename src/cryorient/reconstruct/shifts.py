@@ -23,9 +23,12 @@ def _peak_subpixel(cc: torch.Tensor) -> torch.Tensor:
     flat = cc.reshape(b, -1).argmax(dim=1)
     y, x = flat // box, flat % box
 
-    def refine(m, c, p):  # parabola through three samples
+    def refine(m, c, p):  # parabola through three samples (none at the edge of a search window)
+        ok = torch.isfinite(m) & torch.isfinite(p)
+        m, p = torch.where(ok, m, c), torch.where(ok, p, c)
         den = m - 2 * c + p
-        return torch.where(den.abs() > 1e-12, 0.5 * (m - p) / den, torch.zeros_like(den)).clamp(-0.5, 0.5)
+        ok = ok & (den.abs() > 1e-12)
+        return torch.where(ok, 0.5 * (m - p) / den, torch.zeros_like(den)).clamp(-0.5, 0.5)
 
     ar = torch.arange(b)
     c = cc[ar, y, x]
