@@ -93,7 +93,7 @@ CASES = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seed-map", default="../shared/structures/5j0n_seed_map.mrc")
-    ap.add_argument("--only", nargs="*", default=None, help="groups: 5j0n error")
+    ap.add_argument("--only", nargs="*", default=None, help="groups (5j0n, error) or case names")
     ap.add_argument("--minutes", type=float, default=10.0,
                     help="training budget per reference, as steps (~10 steps/s on 2 cores)")
     args = ap.parse_args()
@@ -101,7 +101,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cryorient-bench-distance-"))
     rows = []
     for name, c in CASES.items():
-        if args.only is not None and c["group"] not in args.only:
+        if args.only is not None and c["group"] not in args.only and name not in args.only:
             continue
         params = {k: (v.format(seed=Path(args.seed_map).resolve()) if isinstance(v, str) else v)
                   for k, v in c.items() if k not in ("group", "seed_deg")}

@@ -8,8 +8,9 @@
    FSC of each map against the ground truth (0.5 threshold; unmasked, same FSC code for both).
 2. Initial model: RELION's ab initio (`relion_refine --denovo_3dref --sgd`, the InitialModel
    job's defaults scaled to the box) against `cryorient run` (reference-trained from scratch,
-   training time included), on stacks of 3kpr_single, N=3000, box 64, SNR 1/16, with and
-   without CTF: wall time and FSC against the truth after aligning each map to the truth
+   training time included), on stacks of 1a28 (a library structure nothing was tuned on),
+   N=2000, box 64, SNR 1/16, with and without CTF: wall time and FSC against the truth after
+   aligning each map to the truth
    (rotation and hand searched over; the only blind map alignment in cryorient, used here to
    judge RELION's map, which comes without orientations we could align).
 3. Handoff: `relion_refine --auto_refine` started from cryorient's angles and initial map
@@ -23,11 +24,16 @@ import argparse
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import print_table, run_isolated, write_results
+
+PEER = "1a28"  # initial model and refinement: a library structure nobody tuned on (96.6 Å across)
+PEER_SIZE = 100  # Å, the sphere baseline's diameter
+DIAMETER = 130  # Å, RELION's --particle_diameter (mask) in the 160 Å box
 
 SIMULATE = """
 import json, torch
@@ -36,7 +42,7 @@ from cryorient.density import DensityOptions
 from cryorient.simulate.run import run_simulation
 from cryorient.simulate.simulator import SimulationConfig
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
-r = run_simulation("3kpr_single", DensityOptions(box={box}, pixel_size={px}),
+r = run_simulation("{structure}", DensityOptions(box={box}, pixel_size={px}),
                    SimulationConfig(n_particles={n}, snr={snr}, max_shift_px=4.0, ctf={ctf}), out,
                    torch.Generator().manual_seed(2))
 print(json.dumps({{"snr": r.truth.measured_snr}}))
@@ -129,7 +135,8 @@ def reconstruction(tmp: Path) -> list[dict]:
     rows = []
     for box, px in ((64, 2.5), (128, 1.25)):
         out = tmp / f"recon_{box}"
-        run_isolated(SIMULATE.format(out=out, box=box, px=px, n=5000, snr="1/16", ctf=True))
+        run_isolated(SIMULATE.format(out=out, structure="3kpr_single", box=box, px=px, n=5000, snr="1/16",
+                                         ctf=True))
         for ctf in (False, True):
             cr = run_isolated(CRYO_RECON.format(star=out / "particles.star", ctf=ctf,
                                                 out=out / f"cryo_{ctf}.mrc"))
@@ -144,11 +151,11 @@ def reconstruction(tmp: Path) -> list[dict]:
     return rows
 
 
-def initial_model(tmp: Path, n: int, minutes: float) -> list[dict]:
+def initial_model(tmp: Path, n: int, minutes: float, ctf_cases: tuple[bool, ...]) -> list[dict]:
     rows = []
-    for ctf in (False, True):
+    for ctf in ctf_cases:
         out = tmp / f"init_{ctf}"
-        run_isolated(SIMULATE.format(out=out, box=64, px=2.5, n=n, snr="1/16", ctf=ctf))
+        run_isolated(SIMULATE.format(out=out, structure=PEER, box=64, px=2.5, n=n, snr="1/16", ctf=ctf))
         (out / "InitialModel").mkdir()
         args = ["relion_refine", "--o", "InitialModel/run", "--i", "particles.star", "--sgd",
                 "--denovo_3dref",
@@ -156,15 +163,15 @@ def initial_model(tmp: Path, n: int, minutes: float) -> list[dict]:
                 "--sgd_write_iter", "20", "--sgd_ini_resol", "35", "--sgd_fin_resol", "15",
                 "--sgd_ini_subset", "100", "--sgd_fin_subset", "500", "--K", "1", "--sym", "C1",
                 "--flatten_solvent", "--zero_mask", "--dont_combine_weights_via_disc", "--pool", "3",
-                "--pad", "1", "--skip_gridding", "--particle_diameter", "150", "--oversampling", "1",
+                "--pad", "1", "--skip_gridding", "--particle_diameter", str(DIAMETER), "--oversampling", "1",
                 "--healpix_order", "1", "--offset_range", "6", "--offset_step", "2", "--j", "2"]
         rt = relion(args + (["--ctf"] if ctf else []), out, out / "relion_initial.log")
         rmap = sorted((out / "InitialModel").glob("run_it*_class001.mrc"))[-1]
         fr = run_isolated(ALIGNED_FSC.format(map=rmap, truth=out / "volume.mrc"))
         epochs = max(1, round(minutes * 60 * 10 / 100))
         t = time.perf_counter()
-        subprocess.run(["cryorient", "run", "--particles", str(out / "particles.star"), "--reference",
-                        "3kpr_single", "--epochs", str(epochs), "--outdir", str(out / "cryorient"),
+        subprocess.run([sys.executable, "-m", "cryorient", "run", "--particles", str(out / "particles.star"),
+                        "--reference", PEER, "--epochs", str(epochs), "--outdir", str(out / "cryorient"),
                         "--truth-map", str(out / "volume.mrc"), "--quiet"], check=True,
                        env={**__import__("os").environ, "CRYORIENT_CACHE": str(tmp / "cache")})
         ct = time.perf_counter() - t
@@ -179,7 +186,8 @@ def initial_model(tmp: Path, n: int, minutes: float) -> list[dict]:
 
 
 def handoff(tmp: Path) -> list[dict]:
-    out = tmp / "init_True"
+    with_ctf = (tmp / "init_True" / "cryorient" / "summary.json").is_file()
+    out = tmp / f"init_{with_ctf}"
     rows = []
     for start in ("cryorient", "sphere"):
         work = out / f"refine_{start}"
@@ -187,18 +195,20 @@ def handoff(tmp: Path) -> list[dict]:
             shutil.rmtree(work)
         work.mkdir()
         if start == "cryorient":
-            subprocess.run(["cryorient", "export-relion", "--run", str(out / "cryorient"), "--outdir",
-                            str(work / "export"), "--lowpass", "30", "--quiet"], check=True)
+            subprocess.run([sys.executable, "-m", "cryorient", "export-relion", "--run",
+                            str(out / "cryorient"), "--outdir", str(work / "export"), "--lowpass", "30",
+                            "--quiet"], check=True)
             star, ref = "export/particles.star", "export/initial_model.mrc"
             extra = ["--healpix_order", "3", "--auto_local_healpix_order", "3", "--sigma_ang", "5"]
         else:
-            subprocess.run(["cryorient", "export-relion", "--sphere", "--particles",
-                            str(out / "particles.star"), "--diameter", "140", "--outdir",
+            subprocess.run([sys.executable, "-m", "cryorient", "export-relion", "--sphere", "--particles",
+                            str(out / "particles.star"), "--diameter", str(PEER_SIZE), "--outdir",
                             str(work / "export"), "--quiet"], check=True)
             star, ref = "export/particles.star", "export/initial_model.mrc"
             extra = ["--healpix_order", "2", "--auto_local_healpix_order", "4"]
         args = ["relion_refine", "--o", "run", "--auto_refine", "--split_random_halves", "--i", star,
-                "--ref", ref, "--firstiter_cc", "--ini_high", "30", "--ctf", "--particle_diameter", "150",
+                "--ref", ref, "--firstiter_cc", "--ini_high", "30", *(["--ctf"] if with_ctf else []),
+                "--particle_diameter", str(DIAMETER),
                 "--flatten_solvent", "--zero_mask", "--oversampling", "1", "--offset_range", "5",
                 "--offset_step", "2", "--sym", "C1", "--low_resol_join_halves", "40", "--norm", "--scale",
                 "--pad", "2", "--j", "2", "--dont_combine_weights_via_disc", "--pool", "3", *extra]
@@ -207,7 +217,7 @@ def handoff(tmp: Path) -> list[dict]:
         final = work / "run_class001.mrc"
         res = _relion_final_resolution(work / "run_model.star")
         ft = run_isolated(ALIGNED_FSC.format(map=final, truth=out / "volume.mrc"))
-        rows.append({"start": start, "relion_s": round(rt), "gold_standard_A": res,
+        rows.append({"start": start, "ctf": with_ctf, "relion_s": round(rt), "gold_standard_A": res,
                      "vs_truth_A": ft["fsc05_A"], "hand": "mirrored" if ft["mirror"] else "as truth",
                      "files": model})
         print(rows[-1], flush=True)
@@ -226,6 +236,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="reconstruction initial refine")
     ap.add_argument("--n", type=int, default=3000, help="particles for the initial-model comparison")
     ap.add_argument("--minutes", type=float, default=10.0, help="cryorient training budget")
+    ap.add_argument("--initial-ctf", choices=("no", "yes", "both"), default="both",
+                    help="initial-model stacks without CTF, with, or both (RELION's SGD takes ~40 min each)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if shutil.which("relion_refine") is None:
@@ -246,13 +258,14 @@ def main() -> None:
                      ("relion_fsc05_A", "relion vs truth Å")],
                     "Reconstruction from true orientations, N=5000 (goal: as accurate, faster)")
     if wanted("initial"):
-        results["initial_model"] = initial_model(tmp, args.n, args.minutes)
+        cases = {"no": (False,), "yes": (True,), "both": (False, True)}[args.initial_ctf]
+        results["initial_model"] = initial_model(tmp, args.n, args.minutes, cases)
         print_table(results["initial_model"],
                     [("ctf", "CTF"), ("relion_s", "RELION SGD s"), ("relion_fsc05_A", "RELION vs truth Å"),
                      ("relion_hand", "RELION hand"), ("cryorient_s", "cryorient run s"),
                      ("cryorient_fsc05_A", "cryorient vs truth Å"),
                      ("cryorient_median_deg", "cryorient median °")],
-                    f"Initial model, 3kpr_single, N={args.n}, box 64, SNR 1/16")
+                    f"Initial model, {PEER}, N={args.n}, box 64, SNR 1/16")
     if wanted("refine"):
         results["handoff"] = handoff(tmp)
         print_table(results["handoff"],

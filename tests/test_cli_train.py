@@ -82,6 +82,7 @@ def test_train_and_distances_bad_inputs(trained, tmp_path):
         (["distances", *base, "--model", tmp_path / "bad.pt"], "corrupt"),
         (["distances", *base, "--model", tmp_path / "foreign.pt"], "not a cryorient checkpoint"),
         (["recover", *base, "--distances", f"model:{tmp_path / 'missing.pt'}"], "not found"),
+        (["recover", *base, "--distances", "model"], "no library model ships"),
         (["train", "--reference", "3kpr", *base, *TINY], "too large"),
         (["train", "--reference", "1ake_adk_closed", *base, "--epochs", "0"], "must be >= 1"),
         (["train", "--reference", "1ake_adk_closed", *base, "--objective", "pose", "--head", "cosine"],

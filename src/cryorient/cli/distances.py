@@ -32,7 +32,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                     "(pairs.npz) and figures; with true angles in the STAR, their errors too.",
         epilog=EXAMPLES, formatter_class=HelpFormatter)
     p.add_argument("--particles", required=True, help="particle STAR file")
-    p.add_argument("--model", default=None, help="model.pt (default: the shipped library model)")
+    p.add_argument("--model", default=None,
+                   help="model.pt from 'cryorient train' (needed: no library model ships yet)")
     p.add_argument("--pairs-per-particle", type=int, default=None,
                    help="pair budget K per particle (default: all pairs up to 1000 particles, else 128)")
     p.add_argument("--neighbours", type=int, default=16, help="nearest neighbours per particle")

@@ -27,7 +27,7 @@ from .simulate import config_from_args as simulation_from_args
 EXAMPLES = """examples:
   cryorient run --reference 1ake_adk_closed --outdir runs/run1          # simulate, train, recover
   cryorient run --particles data/particles.star --reference model.cif --outdir runs/real
-  cryorient run --particles data/particles.star --outdir runs/library   # shipped library model
+  cryorient run --particles data/particles.star --model runs/run1/train/model.pt --outdir runs/x
   cryorient run --config runs/run1/config.yaml --outdir runs/run1_again # reproduce a run
 """
 RUN_KEYS = {"outdir", "overwrite", "quiet", "threads", "config", "func", "command"}
@@ -39,7 +39,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     add_simulation_options(p)
     g = p.add_argument_group("distances")
     g.add_argument("--reference", default=None,
-                   help="train the distance on this structure/map (cached); default: shipped library model")
+                   help="train the distance on this structure/map (cached); needed unless --model is "
+                        "given (no library model ships yet, see docs/model.md)")
     g.add_argument("--reference-chains", type=parse_chains, default=None,
                    help="chains of the reference's atomic model to keep")
     g.add_argument("--model", default=None, help="use this trained model.pt instead")
@@ -63,8 +64,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help="the whole pipeline: simulate/particles -> distances -> recover -> reconstruct",
         description="Run every stage into one run directory: simulate (unless --particles), train the "
-                    "distance on --reference for this stack (cached; without --reference the shipped "
-                    "library model), recover orientations, resolve the ambiguity, estimate shifts, "
+                    "distance on --reference for this stack (cached; or use --model), recover "
+                    "orientations, resolve the ambiguity, estimate shifts, "
                     "refine locally, reconstruct with half maps; evaluate when the STAR carries true "
                     "angles; write particles.star, map.mrc, summary.json and report.html. A rerun "
                     "skips finished stages.",

@@ -22,8 +22,8 @@ LIBRARY_MODEL = "library.pt"
 def shipped_model_path() -> Path:
     path = Path(str(importlib.resources.files("cryorient") / "data" / "models" / LIBRARY_MODEL))
     if not path.is_file():
-        raise CryorientError("no library model is shipped with this installation; give model:PATH "
-                             "(train one with 'cryorient train')")
+        raise CryorientError("no library model ships with cryorient yet (docs/model.md): give --reference "
+                             "MODEL to train one for this stack, or model:PATH / --model PATH")
     return path
 
 

@@ -34,7 +34,7 @@ from ..simulate.simulator import render
 class RefineOptions:
     rounds: int = 3
     steps: int = 15
-    size: int = 32  # px: images and maps are downsampled to this
+    size: int = 48  # px: images and maps are downsampled to this (demo stack: 32 px 4.7°, 48 px 3.7°)
     lr_deg: float = 1.0
     lowpass_start: float = 0.2  # cycles/px of the downsampled grid in the first round ...
     lowpass_end: float = 0.45  # ... and in the last
