@@ -124,10 +124,11 @@ print(json.dumps({{"fsc05_A": round(resolution_at(curve, box, px, 0.5).angstrom,
 """
 
 
-def relion(args: list[str], cwd: Path, log: Path) -> float:
+def relion(args: list[str], cwd: Path, log: Path, timeout: float | None = None) -> float:
+    """Run a RELION program; its wall time. A time limit raises subprocess.TimeoutExpired."""
     t = time.perf_counter()
     with open(log, "w") as fh:
-        subprocess.run(args, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(args, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, check=True, timeout=timeout)
     return time.perf_counter() - t
 
 
@@ -151,22 +152,41 @@ def reconstruction(tmp: Path) -> list[dict]:
     return rows
 
 
-def initial_model(tmp: Path, n: int, minutes: float, ctf_cases: tuple[bool, ...]) -> list[dict]:
+def initial_model(tmp: Path, n: int, minutes: float, ctf_cases: tuple[bool, ...],
+                  relion_minutes: float | None) -> list[dict]:
+    """RELION's SGD initial model (stopped at ``relion_minutes``: its last written map is
+    judged) and ``cryorient run`` on the same stack. A finished RELION run in the work
+    directory (``relion_initial.json``) is reused."""
     rows = []
     for ctf in ctf_cases:
         out = tmp / f"init_{ctf}"
-        run_isolated(SIMULATE.format(out=out, structure=PEER, box=64, px=2.5, n=n, snr="1/16", ctf=ctf))
-        (out / "InitialModel").mkdir()
-        args = ["relion_refine", "--o", "InitialModel/run", "--i", "particles.star", "--sgd",
-                "--denovo_3dref",
-                "--sgd_ini_iter", "50", "--sgd_inbetween_iter", "200", "--sgd_fin_iter", "50",
-                "--sgd_write_iter", "20", "--sgd_ini_resol", "35", "--sgd_fin_resol", "15",
-                "--sgd_ini_subset", "100", "--sgd_fin_subset", "500", "--K", "1", "--sym", "C1",
-                "--flatten_solvent", "--zero_mask", "--dont_combine_weights_via_disc", "--pool", "3",
-                "--pad", "1", "--skip_gridding", "--particle_diameter", str(DIAMETER), "--oversampling", "1",
-                "--healpix_order", "1", "--offset_range", "6", "--offset_step", "2", "--j", "2"]
-        rt = relion(args + (["--ctf"] if ctf else []), out, out / "relion_initial.log")
-        rmap = sorted((out / "InitialModel").glob("run_it*_class001.mrc"))[-1]
+        if not (out / "particles.star").is_file():
+            run_isolated(SIMULATE.format(out=out, structure=PEER, box=64, px=2.5, n=n, snr="1/16", ctf=ctf))
+        marker = out / "relion_initial.json"
+        if not marker.is_file():
+            shutil.rmtree(out / "InitialModel", ignore_errors=True)
+            (out / "InitialModel").mkdir()
+            args = ["relion_refine", "--o", "InitialModel/run", "--i", "particles.star", "--sgd",
+                    "--denovo_3dref",
+                    "--sgd_ini_iter", "50", "--sgd_inbetween_iter", "200", "--sgd_fin_iter", "50",
+                    "--sgd_write_iter", "20", "--sgd_ini_resol", "35", "--sgd_fin_resol", "15",
+                    "--sgd_ini_subset", "100", "--sgd_fin_subset", "500", "--K", "1", "--sym", "C1",
+                    "--flatten_solvent", "--zero_mask", "--dont_combine_weights_via_disc", "--pool", "3",
+                    "--pad", "1", "--skip_gridding", "--particle_diameter", str(DIAMETER),
+                    "--oversampling", "1", "--healpix_order", "1", "--offset_range", "6",
+                    "--offset_step", "2", "--j", "2"]
+            t = time.perf_counter()
+            try:
+                relion(args + (["--ctf"] if ctf else []), out, out / "relion_initial.log",
+                       None if relion_minutes is None else relion_minutes * 60)
+                finished = True
+            except subprocess.TimeoutExpired:
+                finished = False
+            rmap = sorted((out / "InitialModel").glob("run_it*_class001.mrc"))[-1]
+            marker.write_text(json.dumps({"seconds": round(time.perf_counter() - t), "finished": finished,
+                                          "map": str(rmap)}))
+        info = json.loads(marker.read_text())
+        rt, rmap = info["seconds"], Path(info["map"])
         fr = run_isolated(ALIGNED_FSC.format(map=rmap, truth=out / "volume.mrc"))
         epochs = max(1, round(minutes * 60 * 10 / 100))
         t = time.perf_counter()
@@ -176,7 +196,9 @@ def initial_model(tmp: Path, n: int, minutes: float, ctf_cases: tuple[bool, ...]
                        env={**__import__("os").environ, "CRYORIENT_CACHE": str(tmp / "cache")})
         ct = time.perf_counter() - t
         s = json.loads((out / "cryorient" / "summary.json").read_text())
+        iteration = int(rmap.name.split("_it")[1][:3])
         rows.append({"ctf": ctf, "relion_s": round(rt), "relion_fsc05_A": fr["fsc05_A"],
+                     "relion_iterations": f"{iteration}/300" + ("" if info["finished"] else " (time limit)"),
                      "relion_hand": "mirrored" if fr["mirror"] else "as truth",
                      "cryorient_s": round(ct), "cryorient_fsc05_A": s.get("resolution_vs_truth_angstrom"),
                      "cryorient_median_deg": round(s.get("median_error_deg", float("nan")), 2),
@@ -238,6 +260,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="cryorient training budget")
     ap.add_argument("--initial-ctf", choices=("no", "yes", "both"), default="both",
                     help="initial-model stacks without CTF, with, or both (RELION's SGD takes ~40 min each)")
+    ap.add_argument("--relion-minutes", type=float, default=None,
+                    help="stop RELION's SGD after this long and judge its last map (default: no limit)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if shutil.which("relion_refine") is None:
@@ -259,9 +283,10 @@ def main() -> None:
                     "Reconstruction from true orientations, N=5000 (goal: as accurate, faster)")
     if wanted("initial"):
         cases = {"no": (False,), "yes": (True,), "both": (False, True)}[args.initial_ctf]
-        results["initial_model"] = initial_model(tmp, args.n, args.minutes, cases)
+        results["initial_model"] = initial_model(tmp, args.n, args.minutes, cases, args.relion_minutes)
         print_table(results["initial_model"],
-                    [("ctf", "CTF"), ("relion_s", "RELION SGD s"), ("relion_fsc05_A", "RELION vs truth Å"),
+                    [("ctf", "CTF"), ("relion_s", "RELION SGD s"), ("relion_iterations", "iterations"),
+                     ("relion_fsc05_A", "RELION vs truth Å"),
                      ("relion_hand", "RELION hand"), ("cryorient_s", "cryorient run s"),
                      ("cryorient_fsc05_A", "cryorient vs truth Å"),
                      ("cryorient_median_deg", "cryorient median °")],
