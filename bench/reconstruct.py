@@ -2,6 +2,7 @@
 
     python bench/reconstruct.py           # N=5000 at box 64 and 128, N=100,000 at 128 (streamed)
     python bench/reconstruct.py --quick   # without N=100,000
+    python bench/reconstruct.py --large-only   # only N=100,000
 
 Each case reconstructs half maps and the full map (`reconstruct`, CTF and shifts applied) from
 a simulated stack on disk, in a fresh process (peak RSS is the case's own). The accuracy rows
@@ -77,9 +78,12 @@ print(json.dumps({{"rows": rows}}))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--large-only", action="store_true", help="only N=100,000 at box 128")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cryorient-bench-rec-"))
     cases = [(64, 2.5, 5000), (128, 1.25, 5000)] + ([] if args.quick else [(128, 1.25, 100_000)])
+    if args.large_only:
+        cases = [(128, 1.25, 100_000)]
     rows = []
     for box, px, n in cases:
         out = tmp / f"b{box}_n{n}"
@@ -92,6 +96,9 @@ def main() -> None:
                        ("fsc_truth_A", "vs truth Å @0.5")],
                 "cryorient reconstruct, true orientations, CTF, 3kpr_single, SNR 1/16 "
                 "(goal: < 30 s at 128 px)")
+    if args.large_only:
+        write_results("reconstruct_large", {"speed": rows})
+        return
     acc = run_isolated(ACCURACY.format(star=tmp / "b64_n5000" / "particles.star",
                                        volume=tmp / "b64_n5000" / "volume.mrc"))["rows"]
     print_table(acc, [("orientations", "orientations"), ("median_error_deg", "median error °"),
