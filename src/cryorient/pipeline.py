@@ -136,8 +136,9 @@ class Stages:
 
 
 def _train_stage(stages: Stages, cfg: PipelineConfig, stack: ParticleStack, generator: torch.Generator,
-                 progress: Callable[[int], None] | None) -> tuple[Path, str]:
-    """Train (or fetch from the cache) a model on ``cfg.reference`` for this stack."""
+                 progress: Callable[[], Callable[[int], None] | None]) -> tuple[Path, str]:
+    """Train (or fetch from the cache) a model on ``cfg.reference`` for this stack; ``progress()``
+    makes the progress callback when training does happen."""
     imaging = imaging_from_stack(stack, generator=torch.Generator().manual_seed(cfg.seed))
     size, input_px = default_input(stack.box, stack.pixel_size, cfg.train.model.input_size)
     tcfg = replace(cfg.train, model=replace(cfg.train.model, input_size=size, input_pixel_size=input_px,
@@ -162,7 +163,7 @@ def _train_stage(stages: Stages, cfg: PipelineConfig, stack: ParticleStack, gene
             (target / "metrics.jsonl").unlink(missing_ok=True)
         summary = {"reference": cfg.reference, "imaging": imaging.summary(), "cache_key": key}
         train_on_reference(volume, imaging, tcfg, target, resume=resume, seed=cfg.seed, summary=summary,
-                           progress=progress)
+                           progress=progress())
         (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(target / "model.pt", cache_dir() / "models" / f"{key}.pt")
         origin = "trained"
@@ -206,8 +207,8 @@ def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
     if cfg.model is not None:
         model_path, model_origin = Path(cfg.model), "given"
     elif cfg.reference is not None:
-        model_path, model_origin = _train_stage(stages, cfg, stack, generator,
-                                                bar("train", cfg.train.epochs * cfg.train.steps_per_epoch))
+        steps = cfg.train.epochs * cfg.train.steps_per_epoch
+        model_path, model_origin = _train_stage(stages, cfg, stack, generator, lambda: bar("train", steps))
     else:
         model_path, model_origin = None, "shipped library model"
 
