@@ -10,10 +10,9 @@ import numpy as np
 import torch
 
 from .errors import CryorientError, require_positive
-from .fourier import raised_cosine
 from .io import read_mrc, write_mrc
 from .particles import ANGLE_COLUMNS, read_particles, write_particles
-from .reconstruct.fsc import lowpass_to_resolution
+from .reconstruct.fsc import lowpass_to_resolution, soft_sphere_mask
 
 REFINE_TEMPLATE = """# RELION 3.1 3D auto-refine from cryorient's result (run in this directory)
 relion_refine --o Refine3D/run --auto_refine --split_random_halves \\
@@ -54,11 +53,9 @@ def export_sphere(particles: Path, outdir: Path, diameter_angstrom: float) -> di
     radius = diameter_angstrom / 2 / px
     if radius >= box / 2:
         raise CryorientError(f"a {diameter_angstrom} Å sphere does not fit a {box}-px box at {px} Å/px")
-    c = torch.arange(box, dtype=torch.float32) - box // 2
-    r = torch.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
-    sphere = raised_cosine(r, radius, 3.0)
+    sphere = soft_sphere_mask(box, radius - 3.0, 3.0)  # 1 inside, a 3-px cosine edge out to radius
     mean = float(np.mean(stack.images.read(np.arange(min(stack.n, 500))).numpy().sum(axis=(1, 2))))
-    sphere = sphere * (mean / float(sphere.sum(0).sum()) if mean > 0 else 1.0)
+    sphere = sphere * (mean / float(sphere.sum()) if mean > 0 else 1.0)  # image sum = volume sum
     table = stack.particles.drop(columns=[c for c in ANGLE_COLUMNS if c in stack.particles.columns])
     write_particles(replace(stack, particles=table), outdir / "particles.star")
     write_mrc(outdir / "initial_model.mrc", sphere, px)

@@ -257,7 +257,7 @@ def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
     recon_metrics = json.loads((recon_dir / "metrics.json").read_text())
     summary = {
         "particles": str(star), "n_particles": stack.n, "box": stack.box, "pixel_size": stack.pixel_size,
-        "distances": model_origin if cfg.model or cfg.reference else "shipped library model",
+        "distances": model_origin,
         "reference": cfg.reference, "model": str(model_path) if model_path else None,
         "ambiguity_margin": rec_metrics["ambiguity"]["margin"],
         "recovery_loss": rec_metrics["final_loss"],

@@ -74,6 +74,12 @@ def setup(args: argparse.Namespace) -> torch.Generator:
     return torch.Generator().manual_seed(int(getattr(args, "seed", 0)))
 
 
+def add_star_pixel_size(p: argparse.ArgumentParser) -> None:
+    """``--pixel-size``, for RELION 3.0 particle STAR files that do not carry one."""
+    p.add_argument("--pixel-size", type=float, default=None,
+                   help="pixel size in Å (only for RELION 3.0 STAR files that lack it)")
+
+
 def progress(total: int, desc: str, quiet: bool, unit: str = "img") -> tqdm:
     """A progress bar on stderr (hidden with --quiet)."""
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr,

@@ -16,7 +16,7 @@ from ..orientation.run import pair_distances
 from ..particles import read_particles
 from ..rundir import run_directory, write_json
 from ..so3 import geodesic_distance, rotmat_to_quat
-from .common import HelpFormatter, add_run_options, progress, setup
+from .common import HelpFormatter, add_run_options, add_star_pixel_size, progress, setup
 
 EXAMPLES = """examples:
   cryorient distances --particles runs/sim/particles.star --model runs/train/model.pt --outdir runs/d
@@ -38,8 +38,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                    help="pair budget K per particle (default: all pairs up to 1000 particles, else 128)")
     p.add_argument("--neighbours", type=int, default=16, help="nearest neighbours per particle")
     p.add_argument("--batch-size", type=int, default=512, help="images per encoder batch")
-    p.add_argument("--pixel-size", type=float, default=None,
-                   help="pixel size in Å (only for RELION 3.0 STAR files that lack it)")
+    add_star_pixel_size(p)
     add_run_options(p)
     p.set_defaults(func=run)
     return p

@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import plots
 from ..particles import read_particles
 from ..rundir import run_directory, write_json
-from .common import HelpFormatter, setup
+from .common import HelpFormatter, add_star_pixel_size, setup
 
 EXAMPLES = """examples:
   cryorient inspect --particles runs/sim/particles.star
@@ -22,8 +22,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                                    "stacks, print a summary, and optionally write figures.",
                        epilog=EXAMPLES, formatter_class=HelpFormatter)
     p.add_argument("--particles", required=True, help="particle STAR file")
-    p.add_argument("--pixel-size", type=float, default=None,
-                   help="pixel size in Å (only for RELION 3.0 STAR files that lack it)")
+    add_star_pixel_size(p)
     p.add_argument("--outdir", default=None, help="write summary.json and figures here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --outdir")
     p.add_argument("--quiet", action="store_true")

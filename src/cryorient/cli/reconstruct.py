@@ -10,7 +10,7 @@ from ..particles import load_orientations, read_particles
 from ..reconstruct.backproject import DEFAULT_WIENER
 from ..reconstruct.run import ReconstructOptions, load_reference, reconstruct, write_reconstruction
 from ..rundir import run_directory, write_json
-from .common import HelpFormatter, add_run_options, progress, setup
+from .common import HelpFormatter, add_run_options, add_star_pixel_size, progress, setup
 
 EXAMPLES = """examples:
   cryorient reconstruct --particles runs/sim/particles.star --reference runs/sim/volume.mrc \\
@@ -42,8 +42,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                    help="mask used for FSC curves (soft sphere of the box)")
     p.add_argument("--lowpass", action="store_true",
                    help="low-pass the final map at the half-map FSC resolution")
-    p.add_argument("--pixel-size", type=float, default=None,
-                   help="pixel size in Å (only for RELION 3.0 STAR files that lack it)")
+    add_star_pixel_size(p)
     p.add_argument("--batch-size", type=int, default=256, help="images per batch")
     add_run_options(p)
     p.set_defaults(func=run)

@@ -13,7 +13,7 @@ from ..orientation.run import RecoverConfig, run_recovery, write_recovery
 from ..orientation.sources import make_source, parse_source
 from ..particles import read_particles
 from ..rundir import run_directory
-from .common import HelpFormatter, add_run_options, progress, setup
+from .common import HelpFormatter, add_run_options, add_star_pixel_size, progress, setup
 
 EXAMPLES = """examples:
   cryorient recover --particles runs/sim/particles.star --distances true --outdir runs/rec_true
@@ -55,8 +55,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                    help="images used to resolve the ambiguity by common lines")
     p.add_argument("--model-batch-size", type=int, default=512, help="images per model batch")
     p.add_argument("--no-eval", action="store_true", help="do not evaluate against the STAR's angles")
-    p.add_argument("--pixel-size", type=float, default=None,
-                   help="pixel size in Å (only for RELION 3.0 STAR files that lack it)")
+    add_star_pixel_size(p)
     add_run_options(p)
     p.set_defaults(func=run)
     return p

@@ -19,7 +19,14 @@ from ..distance.train import TrainConfig, init_distributed, train_on_reference
 from ..errors import CryorientError
 from ..particles import read_particles
 from ..rundir import run_info, write_json, write_yaml
-from .common import HelpFormatter, add_run_options, parse_chains, progress, setup
+from .common import (
+    HelpFormatter,
+    add_run_options,
+    add_star_pixel_size,
+    parse_chains,
+    progress,
+    setup,
+)
 
 EXAMPLES = """examples:
   cryorient train --reference 1ake_adk_closed --particles runs/sim/particles.star --outdir runs/train
@@ -61,8 +68,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=float, default=None,
                    help="band limit of the reference density in Å (default 2.5 x pixel size)")
     p.add_argument("--resume", action="store_true", help="continue the run in --outdir")
-    p.add_argument("--pixel-size", type=float, default=None,
-                   help="pixel size in Å (only for RELION 3.0 STAR files that lack it)")
+    add_star_pixel_size(p)
     add_run_options(p)
     p.set_defaults(func=run)
     return p

@@ -12,11 +12,11 @@ Every step renders a fresh batch (``ReferenceSampler``) and embeds it once. Two 
   Measured on the default structure (bench/distance.py): the pair objective stalls in a
   folded map (validation MAE 0.43 rad after 2000 steps, clean images) where the pose
   objective keeps improving (0.18 rad).
- An epoch is ``steps_per_epoch``
-steps; after each, a checkpoint (model, optimiser, schedule, data generator) is written
-atomically, so ``--resume`` continues an interrupted run losing at most one epoch. Under
-``torchrun`` the same code runs DistributedDataParallel (gloo on CPU), each rank drawing its
-own data; rank 0 writes.
+
+An epoch is ``steps_per_epoch`` steps; after each, a checkpoint (model, optimiser, schedule,
+data generator) is written atomically, so ``--resume`` continues an interrupted run losing at
+most one epoch. Under ``torchrun`` the same code runs DistributedDataParallel (gloo on CPU),
+each rank drawing its own data; rank 0 writes.
 """
 
 from __future__ import annotations
