@@ -53,11 +53,11 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 SIMULATE = """
 import json, torch
 from pathlib import Path
-from cryorient.density import DensityOptions
+from cryorient.density import DensityConfig
 from cryorient.simulate.run import run_simulation
 from cryorient.simulate.simulator import SimulationConfig
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
-m = run_simulation("3kpr_single", DensityOptions(box=64, pixel_size=2.5),
+m = run_simulation("3kpr_single", DensityConfig(box=64, pixel_size=2.5),
                    SimulationConfig(n_particles={n}, snr={snr}, max_shift_px=2.0), out,
                    torch.Generator().manual_seed(0))
 print(json.dumps({{"ok": True}}))
@@ -73,7 +73,7 @@ print(json.dumps({{"ok": True}}))
 
 EVALUATE = """
 import json, numpy as np, torch
-from cryorient.orientation.align import evaluate
+from cryorient.evaluation import evaluate
 from cryorient.particles import read_particles
 truth = read_particles("{star}").rotations()[:{n}]
 m = evaluate(torch.from_numpy(np.load("{rots}")).float(), truth).metrics()

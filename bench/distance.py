@@ -26,7 +26,7 @@ from common import print_table, run_isolated, write_results
 CASE = """
 import json, time, torch
 from pathlib import Path
-from cryorient.density import DensityOptions, load_volume
+from cryorient.density import DensityConfig, load_volume
 from cryorient.distance.data import imaging_from_stack
 from cryorient.distance.model import ModelConfig
 from cryorient.distance.predict import model_source
@@ -46,13 +46,13 @@ if {move_deg}:
 sim = work / "sim"; (sim / "figures").mkdir(parents=True, exist_ok=True)
 noise = {noise_variance}
 cfg = SimulationConfig(n_particles=5000, snr={snr}, noise_variance=noise, max_shift_px=4.0, ctf={ctf})
-truth = run_simulation(source, DensityOptions(box=64, pixel_size={px}, resolution={res}), cfg, sim,
+truth = run_simulation(source, DensityConfig(box=64, pixel_size={px}, resolution={res}), cfg, sim,
                        torch.Generator().manual_seed(1)).truth
 stack = read_particles(sim / "particles.star")
 size, input_px = default_input(64, {px}, 32)
 tcfg = TrainConfig(epochs={epochs}, steps_per_epoch=100,
                    model=ModelConfig(input_size=size, input_pixel_size=input_px, phase_flip={ctf}))
-volume = load_volume("{reference}", DensityOptions(box=64, pixel_size={px}, resolution={ref_res}))
+volume = load_volume("{reference}", DensityConfig(box=64, pixel_size={px}, resolution={ref_res}))
 imaging = imaging_from_stack(stack)
 (work / "train" / "figures").mkdir(parents=True, exist_ok=True)
 t = time.perf_counter()

@@ -23,11 +23,11 @@ from common import print_table, run_isolated, write_results
 SIMULATE = """
 import json, torch
 from pathlib import Path
-from cryorient.density import DensityOptions
+from cryorient.density import DensityConfig
 from cryorient.simulate.run import run_simulation
 from cryorient.simulate.simulator import SimulationConfig
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
-run_simulation("{structure}", DensityOptions(box={box}, pixel_size={px}),
+run_simulation("{structure}", DensityConfig(box={box}, pixel_size={px}),
                SimulationConfig(n_particles={n}, snr=1/16, max_shift_px=4.0, ctf=True), out,
                torch.Generator().manual_seed(0))
 print(json.dumps({{"ok": True}}))
@@ -36,11 +36,11 @@ print(json.dumps({{"ok": True}}))
 TIME = """
 import json, time, torch
 from cryorient.particles import read_particles
-from cryorient.reconstruct.run import ReconstructOptions, load_reference, reconstruct
+from cryorient.reconstruct.run import ReconstructConfig, load_reference, reconstruct
 stack = read_particles("{star}")
 ref = load_reference("{volume}", stack.box, stack.pixel_size)
 t = time.perf_counter()
-res = reconstruct(stack, stack.rotations(), ReconstructOptions(), torch.Generator().manual_seed(0), ref)
+res = reconstruct(stack, stack.rotations(), ReconstructConfig(), torch.Generator().manual_seed(0), ref)
 dt = time.perf_counter() - t
 print(json.dumps({{"n": stack.n, "box": stack.box, "seconds": round(dt, 2),
                   "images_per_s": round(stack.n / dt, 1),
@@ -50,18 +50,18 @@ print(json.dumps({{"n": stack.n, "box": stack.box, "seconds": round(dt, 2),
 
 ACCURACY = """
 import json, time, torch
-from cryorient.orientation.recover import RecoveryOptions
+from cryorient.orientation.recover import RecoveryConfig
 from cryorient.orientation.run import RecoverConfig, run_recovery
 from cryorient.orientation.sources import make_source
 from cryorient.particles import read_particles
-from cryorient.reconstruct.run import ReconstructOptions, load_reference, reconstruct
+from cryorient.reconstruct.run import ReconstructConfig, load_reference, reconstruct
 stack = read_particles("{star}")
 ref = load_reference("{volume}", stack.box, stack.pixel_size)
 g = torch.Generator().manual_seed(0)
 rows = []
 def score(label, rot, origins, median):
     s = stack.with_orientations(rot, origins)
-    r = reconstruct(s, rot, ReconstructOptions(), torch.Generator().manual_seed(0), ref)
+    r = reconstruct(s, rot, ReconstructConfig(), torch.Generator().manual_seed(0), ref)
     rows.append({{"orientations": label, "median_error_deg": median,
                  "fsc_halves_A": round(r.resolution_halves.angstrom, 2),
                  "fsc_truth_A": round(r.resolution_reference.angstrom, 2)}})

@@ -24,11 +24,11 @@ SEED_PERTURBED_DEG = {0.2: 5.7, 0.4: 7.3, 0.6: 9.3, 0.8: 11.1}  # 5j0n, after O(
 SIMULATE = """
 import json, math, torch
 from pathlib import Path
-from cryorient.density import DensityOptions
+from cryorient.density import DensityConfig
 from cryorient.simulate.run import run_simulation
 from cryorient.simulate.simulator import SimulationConfig
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
-run_simulation("1ake_adk_closed", DensityOptions(box=64, pixel_size=2.0),
+run_simulation("1ake_adk_closed", DensityConfig(box=64, pixel_size=2.0),
                SimulationConfig(n_particles={n}, snr={snr}, max_shift_px=4.0), out,
                torch.Generator().manual_seed({seed}))
 print(json.dumps({{"ok": True}}))
@@ -37,15 +37,15 @@ print(json.dumps({{"ok": True}}))
 CASE = """
 import json, math, time, torch
 from cryorient.orientation.run import RecoverConfig, run_recovery
-from cryorient.orientation.recover import RecoveryOptions
+from cryorient.orientation.recover import RecoveryConfig
 from cryorient.orientation.sources import make_source
 from cryorient.particles import read_particles
-from cryorient.reconstruct.shifts import estimate_shifts
+from cryorient.imaging.translation import estimate_shifts
 stack = read_particles("{star}")
 g = torch.Generator().manual_seed(0)
 source = make_source("{source}", stack, g)
 cfg = RecoverConfig(pairs_per_particle={k}, shifts="zero",
-                    recovery=RecoveryOptions(optimizer="{optimizer}"))
+                    recovery=RecoveryConfig(optimizer="{optimizer}"))
 t = time.perf_counter()
 out = run_recovery(stack, source, cfg, g)
 wall = time.perf_counter() - t
@@ -70,8 +70,8 @@ INIT_COMPARISON = """
 import json, math, time, torch
 from cryorient import so3
 from cryorient.orientation.pairs import choose_pairs
-from cryorient.orientation.recover import RecoveryOptions, recover, refine_adam, pair_loss
-from cryorient.orientation.align import align_o4
+from cryorient.orientation.recover import RecoveryConfig, recover, refine_adam, pair_loss
+from cryorient.evaluation import align_o4
 def o4_median(q, truth):
     r = so3.quat_to_rotmat(q).double()
     a, b, t = align_o4(r, truth.double())
@@ -86,10 +86,10 @@ for seed in range(10):
     pairs = pairs.with_distances(so3.geodesic_distance(q[pairs.i], q[pairs.j]))
     q0 = so3.sample_uniform_quats(200, g)  # the seed's start: random quaternions
     t = time.perf_counter()
-    qa, _ = refine_adam(q0, pairs, RecoveryOptions(max_steps=3000), g)
+    qa, _ = refine_adam(q0, pairs, RecoveryConfig(max_steps=3000), g)
     ta = time.perf_counter() - t
     t = time.perf_counter()
-    res = recover(pairs, RecoveryOptions(restarts=1), g)
+    res = recover(pairs, RecoveryConfig(restarts=1), g)
     tb = time.perf_counter() - t
     rows.append({{"seed": seed, "random_adam_loss": pair_loss(qa, pairs),
                  "random_adam_o4_deg": o4_median(qa, truth), "random_adam_s": round(ta, 1),
@@ -102,7 +102,7 @@ OPTIMIZERS = """
 import json, time, torch
 from cryorient import so3
 from cryorient.orientation.pairs import choose_pairs
-from cryorient.orientation.recover import (RecoveryOptions, initialise, pair_loss, refine_adam,
+from cryorient.orientation.recover import (RecoveryConfig, initialise, pair_loss, refine_adam,
                                            refine_gauss_newton)
 g = torch.Generator().manual_seed(0)
 truth = so3.sample_rotations(5000, g); q = so3.rotmat_to_quat(truth)
@@ -112,8 +112,8 @@ for s in (0.0, 0.2):
     d = so3.geodesic_distance(q[pairs.i], q[pairs.j])
     pairs = pairs.with_distances((d + s * torch.randn(d.shape, generator=g)).clamp(0, torch.pi))
     q0 = initialise(pairs, so3.sample_uniform_quats(16384, g), torch.arange(pairs.anchors.numel()))
-    for name, fn in (("gauss-newton", lambda: refine_gauss_newton(q0, pairs, RecoveryOptions())),
-                     ("adam", lambda: refine_adam(q0, pairs, RecoveryOptions(), g))):
+    for name, fn in (("gauss-newton", lambda: refine_gauss_newton(q0, pairs, RecoveryConfig())),
+                     ("adam", lambda: refine_adam(q0, pairs, RecoveryConfig(), g))):
         t = time.perf_counter(); qq, hist = fn(); dt = time.perf_counter() - t
         out[f"{{name}}_S{{s}}"] = {{"seconds": round(dt, 1), "steps": len(hist),
                                    "loss": pair_loss(qq, pairs), "init_loss": pair_loss(q0, pairs)}}

@@ -19,7 +19,7 @@ from common import print_table, run_isolated, write_results
 CASE = """
 import json, tempfile, time, torch
 from pathlib import Path
-from cryorient.density import DensityOptions
+from cryorient.density import DensityConfig
 from cryorient.simulate.run import run_simulation
 from cryorient.simulate.simulator import SimulationConfig
 box, n, ctf = {box}, {n}, {ctf}
@@ -27,7 +27,7 @@ px = 128.0 / box  # same physical box (128 Å) for both sizes
 with tempfile.TemporaryDirectory(dir="{tmp}") as d:
     (Path(d) / "figures").mkdir()
     t = time.perf_counter()
-    r = run_simulation("1ake_adk_closed", DensityOptions(box=box, pixel_size=px),
+    r = run_simulation("1ake_adk_closed", DensityConfig(box=box, pixel_size=px),
                        SimulationConfig(n_particles=n, snr=1/16, max_shift_px=4, ctf=ctf),
                        Path(d), torch.Generator().manual_seed(0))
     dt = time.perf_counter() - t
@@ -40,10 +40,10 @@ print(json.dumps({{"box": box, "n": n, "ctf": ctf, "seconds": round(dt, 2),
 PROJECTORS = """
 import json, time, torch
 from cryorient import so3
-from cryorient.density import DensityOptions, load_volume
-from cryorient.simulate.projector import prepare_volume, project, project_real_space
+from cryorient.density import DensityConfig, load_volume
+from cryorient.imaging.projector import prepare_volume, project, project_real_space
 from torch_fourier_slice import project_3d_to_2d
-vol = load_volume("1ake_adk_closed", DensityOptions(box=128, pixel_size=1.0, resolution=2.5))
+vol = load_volume("1ake_adk_closed", DensityConfig(box=128, pixel_size=1.0, resolution=2.5))
 rot = so3.sample_rotations(512, torch.Generator().manual_seed(0))
 ref = project_real_space(vol, rot[:8])
 def err(img):

@@ -38,11 +38,11 @@ DIAMETER = 130  # Å, RELION's --particle_diameter (mask) in the 160 Å box
 SIMULATE = """
 import json, torch
 from pathlib import Path
-from cryorient.density import DensityOptions
+from cryorient.density import DensityConfig
 from cryorient.simulate.run import run_simulation
 from cryorient.simulate.simulator import SimulationConfig
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
-r = run_simulation("{structure}", DensityOptions(box={box}, pixel_size={px}),
+r = run_simulation("{structure}", DensityConfig(box={box}, pixel_size={px}),
                    SimulationConfig(n_particles={n}, snr={snr}, max_shift_px=4.0, ctf={ctf}), out,
                    torch.Generator().manual_seed(2))
 print(json.dumps({{"snr": r.truth.measured_snr}}))
@@ -51,11 +51,11 @@ print(json.dumps({{"snr": r.truth.measured_snr}}))
 CRYO_RECON = """
 import json, time, torch
 from cryorient.particles import read_particles
-from cryorient.reconstruct.run import ReconstructOptions, reconstruct
+from cryorient.reconstruct.run import ReconstructConfig, reconstruct
 from cryorient.io import write_mrc
 s = read_particles("{star}")
 t = time.perf_counter()
-r = reconstruct(s, s.rotations(), ReconstructOptions(halves=False, use_ctf={ctf}), torch.Generator())
+r = reconstruct(s, s.rotations(), ReconstructConfig(halves=False, use_ctf={ctf}), torch.Generator())
 dt = time.perf_counter() - t
 write_mrc("{out}", r.volume, s.pixel_size)
 print(json.dumps({{"seconds": round(dt, 2)}}))
@@ -64,7 +64,7 @@ print(json.dumps({{"seconds": round(dt, 2)}}))
 FSC = """
 import json, torch
 from cryorient.io import read_mrc
-from cryorient.reconstruct.fsc import fsc, resolution_at
+from cryorient.volumes import fsc, resolution_at
 from cryorient.reconstruct.run import load_reference
 a, px = read_mrc("{map}")
 ref = load_reference("{truth}", a.shape[0], px)
@@ -76,9 +76,9 @@ ALIGNED_FSC = """
 import json, math, torch
 from cryorient import so3
 from cryorient.io import read_mrc
-from cryorient.reconstruct.fsc import fsc, resolution_at, soft_sphere_mask
+from cryorient.volumes import fsc, resolution_at, soft_sphere_mask
 from cryorient.reconstruct.run import load_reference
-from cryorient.simulate.projector import project
+from cryorient.imaging.projector import project
 import roma, numpy as np
 from scipy import ndimage
 a, px = read_mrc("{map}")

@@ -8,19 +8,20 @@ import subprocess
 import pytest
 import torch
 
-from cryorient.density import DensityOptions, load_volume
+from cryorient.config import DensityConfig
+from cryorient.density import load_volume
 
 
 @pytest.fixture(scope="session")
 def adk_volume_32() -> torch.Tensor:
     """ADK density at box 32, 4 Å/px (band-limited at 10 Å)."""
-    return load_volume("1ake_adk_closed", DensityOptions(box=32, pixel_size=4.0))
+    return load_volume("1ake_adk_closed", DensityConfig(box=32, pixel_size=4.0))
 
 
 @pytest.fixture(scope="session")
 def adk_volume_64() -> torch.Tensor:
     """ADK density at box 64, 2 Å/px (the simulator default)."""
-    return load_volume("1ake_adk_closed", DensityOptions(box=64, pixel_size=2.0))
+    return load_volume("1ake_adk_closed", DensityConfig(box=64, pixel_size=2.0))
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def test_reconstruct_bad_inputs(sim, tmp_path):
         (["--particles", one], "half maps need at least 2 particles"),
         (["--particles", tmp_path / "nope.star"], "not found"),
         (["--particles", sim / "particles.star", "--reference", tmp_path / "nope.mrc"], "not found"),
-        (["--particles", sim / "particles.star", "--wiener", "-1"], "--wiener must be > 0"),
+        (["--particles", sim / "particles.star", "--wiener", "-1"], "must be a number > 0"),
     ]
     for args, fragment in cases:
         code, _, err = run_cli("reconstruct", *args, "--outdir", tmp_path / "out", "--quiet")

@@ -7,7 +7,7 @@ import starfile
 import torch
 from scipy import ndimage
 
-from cryorient.simulate.projector import project_real_space
+from cryorient.imaging.projector import project_real_space
 
 from .cli_helpers import SMALL, assert_one_line_error, run_cli
 from .test_conventions import relion_A
@@ -72,7 +72,7 @@ def test_help_has_examples():
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--n-particles", "0"], "positive integer"),
+    (["--n-particles", "0"], "integer >= 1"),
     (["--snr", "0"], "SNR must be > 0"),
     (["--snr", "-1"], "SNR must be > 0"),
     (["--structure", "no_such_protein"], "unknown structure"),

@@ -7,7 +7,7 @@ import torch
 from cryorient import so3
 from cryorient.conventions import hand_matrix
 from cryorient.fourier import shift_images
-from cryorient.simulate.projector import project, project_real_space
+from cryorient.imaging.projector import project, project_real_space
 
 from .conftest import blob_volume
 

@@ -1,19 +1,22 @@
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from cryorient.density import DensityOptions, load_volume
-from cryorient.distance.data import Augmentation, ImagingModel, ReferenceSampler, augment_volume
-from cryorient.distance.model import ModelConfig, SiameseDistance
+from cryorient.config import AugmentationConfig, DensityConfig, ModelConfig, SimulationConfig, TrainConfig
+from cryorient.density import load_volume
+from cryorient.distance.data import ImagingModel, ReferenceSampler, augment_volume
+from cryorient.distance.model import SiameseDistance
 from cryorient.distance.preprocess import check_compatible, prepare_inputs
-from cryorient.distance.train import TrainConfig, batch_loss, load_model, train
+from cryorient.distance.train import batch_loss, load_model, train
 from cryorient.errors import CryorientError
-from cryorient.simulate.noise import estimate_snr
-from cryorient.simulate.simulator import SimulationConfig, simulate_stack
+from cryorient.imaging.noise import estimate_snr
+from cryorient.simulate.simulator import simulate_stack
 from cryorient.so3 import rotmat_distance
 
 TINY = ModelConfig(width=8, input_size=16, input_pixel_size=8.0)
@@ -21,13 +24,13 @@ TINY = ModelConfig(width=8, input_size=16, input_pixel_size=8.0)
 
 @pytest.fixture(scope="module")
 def volume():
-    return load_volume("1ake_adk_closed", DensityOptions(box=32, pixel_size=4.0))
+    return load_volume("1ake_adk_closed", DensityConfig(box=32, pixel_size=4.0))
 
 
 def sampler(volume, seed=0, snr=math.inf, aug=False):
     imaging = ImagingModel(32, 4.0, snr, 1.0, None)
-    return ReferenceSampler(volume, imaging, TINY.input_size, TINY.input_pixel_size, False,
-                            Augmentation(enabled=aug), torch.Generator().manual_seed(seed))
+    return ReferenceSampler(volume, imaging, TINY, AugmentationConfig(enabled=aug),
+                            torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("head", ["rotation", "cosine"])
@@ -74,7 +77,7 @@ def test_sampler_balanced_and_augmented(volume):
     got = rotmat_distance(rot[:32], rot[32:])
     assert torch.allclose(got, designed, atol=1e-4)
     assert float(designed.min()) < 0.5 and float(designed.max()) > 2.5
-    vol = augment_volume(volume, 4.0, Augmentation(), torch.Generator().manual_seed(0))
+    vol = augment_volume(volume, 4.0, AugmentationConfig(), torch.Generator().manual_seed(0))
     corr = torch.corrcoef(torch.stack([vol.flatten(), volume.flatten()]))[0, 1]
     assert 0.5 < float(corr) < 0.999
 
@@ -99,12 +102,15 @@ def _interrupt_after(n):
 
 
 def test_checkpoint_resume_matches_uninterrupted_run(volume, tmp_path):
-    cfg = TrainConfig(epochs=2, steps_per_epoch=3, batch_size=8, val_size=16, model=TINY,
-                      augmentation=Augmentation(enabled=False))
+    """In-process interruption inside epoch 2, augmentation and curriculum on: the resumed run
+    is the uninterrupted run, bit for bit."""
+    cfg = TrainConfig(max_epochs=3, minutes=None, steps_per_epoch=3, batch_size=8, val_size=16, model=TINY,
+                      curriculum_epochs=3, warmup_steps=2,
+                      augmentation=AugmentationConfig(enabled=True, refresh=2))
     val = sampler(volume, seed=99).batch(16)[:2]
 
     def make(rank):
-        return sampler(volume, seed=10 + rank)
+        return sampler(volume, seed=10 + rank, snr=1.0, aug=True)
 
     full = tmp_path / "full"
     full.mkdir()
@@ -115,13 +121,40 @@ def test_checkpoint_resume_matches_uninterrupted_run(volume, tmp_path):
         train(cfg, make, val, broken, seed=0, progress=_interrupt_after(4))  # inside epoch 2
     assert (broken / "checkpoint.pt").is_file() and not (broken / "model.pt").exists()
     resumed = train(cfg, make, val, broken, resume=True, seed=0)
-    assert resumed["train_loss"] == reference["train_loss"]
-    assert resumed["val_mae"] == reference["val_mae"]
+    assert resumed.final["train_loss"] == reference.final["train_loss"]
+    assert resumed.final["val_mae"] == reference.final["val_mae"]
     payload = torch.load(broken / "model.pt", weights_only=True)
     assert payload["kind"] == "distance-model"
     a, b = load_model(full / "model.pt"), load_model(broken / "model.pt")
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
+
+
+def test_train_killed_with_sigkill_resumes_bit_exact(tmp_path):
+    """A real kill: ``cryorient train`` (augmentation and curriculum on) is SIGKILLed after its
+    first checkpoint, resumed with --resume, and its model equals an uninterrupted run's."""
+    sim = tmp_path / "sim"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "cryorient", "simulate", "--structure", "1ake_adk_closed",
+                    "--n-particles", "60", "--box-size", "32", "--pixel-size", "4", "--snr", "1",
+                    "--outdir", str(sim), "--quiet"], check=True, env=env)
+    args = [sys.executable, "-m", "cryorient", "train", "--reference", "1ake_adk_closed", "--particles",
+            str(sim / "particles.star"), "--max-epochs", "3", "--steps-per-epoch", "6", "--batch-size", "8",
+            "--width", "8", "--input-size", "16", "--quiet", "--threads", "1"]
+    subprocess.run([*args, "--outdir", str(tmp_path / "full")], check=True, env=env, timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*args, "--outdir", str(killed)], env=env)
+    ckpt = killed / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.is_file() and not (killed / "model.pt").exists(), "the kill came too late"
+    subprocess.run([*args, "--outdir", str(killed), "--resume"], check=True, env=env, timeout=300)
+    a, b = load_model(tmp_path / "full" / "model.pt"), load_model(killed / "model.pt")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
 
 
 def test_bad_checkpoints(tmp_path):
@@ -157,7 +190,8 @@ def test_ddp_two_processes_in_sync(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
          "-m", "cryorient", "train", "--reference", "1ake_adk_closed",
          "--particles", str(sim / "particles.star"),
-         "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--width", "8", "--input-size", "16",
+         "--max-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--width", "8",
+         "--input-size", "16",
          "--outdir", str(out), "--quiet", "--threads", "1"],
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,10 +7,11 @@ import pytest
 import starfile
 import torch
 
+from cryorient.config import SimulationConfig
 from cryorient.errors import CryorientError
 from cryorient.io import StackWriter, load_checkpoint, read_mrc, save_checkpoint, write_mrc
 from cryorient.particles import ImageStack, read_particles, write_particles
-from cryorient.simulate.simulator import SimulationConfig, simulate_stack
+from cryorient.simulate.simulator import simulate_stack
 
 
 @pytest.fixture

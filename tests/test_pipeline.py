@@ -16,7 +16,7 @@ import yaml
 from .cli_helpers import SMALL, assert_one_line_error, run_cli
 
 FAST = [*SMALL, "--n-particles", "300", "--snr", "2", "--max-shift-px", "1",
-        "--reference", "1ake_adk_closed", "--epochs", "1", "--steps-per-epoch", "4",
+        "--reference", "1ake_adk_closed", "--max-epochs", "1", "--steps-per-epoch", "4",
         "--train-batch-size", "16", "--width", "8", "--input-size", "16", "--restarts", "1",
         "--refine-rounds", "1", "--ambiguity-images", "300"]
 
@@ -40,15 +40,20 @@ def monkeypatch_module(tmp_path_factory):
 
 def test_run_outputs_and_summary(pipeline_run):
     _, out, stdout = pipeline_run
-    lines = stdout.strip().splitlines()
+    lines = [ln for ln in stdout.strip().splitlines() if not ln.startswith("WARNING: ")]
+    warnings = [ln for ln in stdout.strip().splitlines() if ln.startswith("WARNING: ")]
     assert len(lines) == 3 and "median error" in lines[1] and "report" in lines[2]
+    # four training steps cannot learn: the user is told, on the terminal and in the summary
+    assert any("too weak to trust" in w for w in warnings), stdout
     for name in ("particles.star", "map.mrc", "summary.json", "report.html", "config.yaml", "run.json",
                  "simulate/stage.json", "train/model.pt", "recover/orientations.star", "reconstruct/fsc.csv",
                  "reconstruct/truth_frame/reconstruction.mrc"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_particles"] == 300 and summary["distances"].startswith("trained")
-    assert 0 <= summary["median_error_deg"] <= 180
+    assert summary["model_weak"] is True and summary["training_median_error_deg"] > 30
+    assert any("too weak to trust" in w for w in summary["warnings"])
+    assert summary["hand"] == "as reference"  # a reference was given: its frame and hand
     final = starfile.read(out / "particles.star", always_dict=True)["particles"]
     assert len(final) == 300 and final["rlnImageName"].iloc[0].startswith("000001@simulate/")
 

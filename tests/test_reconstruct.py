@@ -5,12 +5,14 @@ import pytest
 import torch
 
 from cryorient import so3
-from cryorient.ctf import CTFSampling, first_zero_frequency
-from cryorient.density import DensityOptions, load_volume, match_grid
-from cryorient.reconstruct.backproject import FourierAccumulator, finalize, insert_images
-from cryorient.reconstruct.fsc import fsc, resolution_at, shell_frequencies
-from cryorient.simulate.projector import prepare_volume
-from cryorient.simulate.simulator import SimulationConfig, draw_particles, render
+from cryorient.config import CTFSampling, DensityConfig, SimulationConfig
+from cryorient.ctf import first_zero_frequency
+from cryorient.density import load_volume, match_grid
+from cryorient.imaging.accumulator import FourierAccumulator
+from cryorient.imaging.projector import prepare_volume
+from cryorient.imaging.render import render
+from cryorient.simulate.simulator import draw_particles
+from cryorient.volumes import fsc, resolution_at, shell_frequencies
 
 BOX = 32
 
@@ -18,7 +20,7 @@ BOX = 32
 @pytest.fixture(scope="module")
 def volume() -> torch.Tensor:
     # band-limited at 0.8 of Nyquist: resolution 2.5 px
-    return load_volume("1ake_adk_closed", DensityOptions(box=BOX, pixel_size=4.0, resolution=10.0))
+    return load_volume("1ake_adk_closed", DensityConfig(box=BOX, pixel_size=4.0, resolution=10.0))
 
 
 def reconstruct_from(volume, cfg: SimulationConfig, seed: int = 0, wiener: float = 0.002):
@@ -30,8 +32,8 @@ def reconstruct_from(volume, cfg: SimulationConfig, seed: int = 0, wiener: float
         ctf = truth.ctf.subset(sl) if truth.ctf is not None else None
         images = render(prep, truth.rotations[sl], truth.shifts_px[sl], ctf, 4.0)
         # RELION origins are minus the applied displacement
-        insert_images(acc, images, truth.rotations[sl], -truth.shifts_px[sl], ctf, 4.0)
-    return finalize(acc, wiener), truth
+        acc.insert(images, truth.rotations[sl], -truth.shifts_px[sl], ctf, 4.0)
+    return acc.finalize(wiener), truth
 
 
 def shells_up_to(fraction_of_nyquist: float) -> slice:
@@ -53,8 +55,8 @@ def test_shifts_applied_and_undone(volume):
                            torch.Generator().manual_seed(0))
     acc = FourierAccumulator.empty(BOX)
     images = render(prepare_volume(volume), truth.rotations, truth.shifts_px, None, 4.0)
-    insert_images(acc, images, truth.rotations)
-    assert fsc(finalize(acc, 0.002), volume)[shells_up_to(0.8)].min() < 0.5
+    acc.insert(images, truth.rotations)
+    assert fsc(acc.finalize(0.002), volume)[shells_up_to(0.8)].min() < 0.5
 
 
 def test_ctf_wiener_reconstruction(volume):
@@ -99,9 +101,9 @@ def test_insertion_is_batch_independent(volume):
     truth = draw_particles(SimulationConfig(n_particles=64, snr=math.inf), torch.Generator().manual_seed(1))
     images = render(prepare_volume(volume), truth.rotations, truth.shifts_px, None, 4.0)
     one, two = FourierAccumulator.empty(BOX), FourierAccumulator.empty(BOX)
-    insert_images(one, images, truth.rotations)
+    one.insert(images, truth.rotations)
     for sl in (slice(0, 20), slice(20, 64)):
-        insert_images(two, images[sl], truth.rotations[sl])
+        two.insert(images[sl], truth.rotations[sl])
     assert torch.allclose(one.data, two.data, atol=1e-3)
     assert so3.rotmat_angle(truth.rotations).shape == (64,)
 
@@ -109,7 +111,7 @@ def test_insertion_is_batch_independent(volume):
 def test_translation_peak_at_the_search_window_edge_is_finite():
     """A correlation peak on the rim of the search window (neighbours outside it) gives a
     finite, whole-pixel shift, not NaN."""
-    from cryorient.reconstruct.shifts import translation
+    from cryorient.imaging.translation import translation
 
     g = torch.Generator().manual_seed(0)
     ref = torch.zeros(4, 32, 32)

@@ -5,26 +5,33 @@ import roma
 import torch
 
 from cryorient import so3
+from cryorient.config import (
+    AmbiguityConfig,
+    DensityConfig,
+    LocalRefineConfig,
+    RecoverConfig,
+    RecoveryConfig,
+    SimulationConfig,
+)
 from cryorient.conventions import hand_matrix
-from cryorient.density import DensityOptions, load_volume
+from cryorient.density import load_volume
 from cryorient.errors import CryorientError
-from cryorient.orientation.align import align_physical, angular_errors, evaluate
-from cryorient.orientation.ambiguity import AmbiguityOptions
+from cryorient.evaluation import align_physical, angular_errors, evaluate
 from cryorient.orientation.pairs import PairSet, check_distances, choose_pairs
-from cryorient.orientation.recover import RecoveryOptions, pair_loss, recover
-from cryorient.orientation.run import RecoverConfig, run_recovery
+from cryorient.orientation.recover import pair_loss, recover
+from cryorient.orientation.run import run_recovery
 from cryorient.orientation.sources import (
     EuclideanDistances,
     TrueDistances,
     euclidean_features,
     uniform_distance_quantile,
 )
-from cryorient.simulate.simulator import SimulationConfig, simulate_stack
+from cryorient.simulate.simulator import simulate_stack
 
 
 @pytest.fixture(scope="module")
 def clean_stack():
-    vol = load_volume("1ake_adk_closed", DensityOptions(box=32, pixel_size=4.0))
+    vol = load_volume("1ake_adk_closed", DensityConfig(box=32, pixel_size=4.0))
     cfg = SimulationConfig(n_particles=200, snr=math.inf, max_shift_px=2)
     stack, truth = simulate_stack(vol, 4.0, cfg, torch.Generator().manual_seed(0))
     return stack, truth
@@ -36,9 +43,11 @@ def test_exact_distances_recover_below_half_degree(clean_stack, seed):
     the evaluation): median error < 0.5 deg after the physical alignment."""
     stack, truth = clean_stack
     source = TrueDistances(so3.rotmat_to_quat(truth.rotations))
-    cfg = RecoverConfig(shifts="zero", recovery=RecoveryOptions(restarts=1),
-                        ambiguity=AmbiguityOptions(n_candidates=3000, coarse_pairs=3000))
-    out = run_recovery(stack, source, cfg, torch.Generator().manual_seed(seed), evaluate_truth=False)
+    cfg = RecoverConfig(distances="true", shifts="zero", refine=LocalRefineConfig(rounds=0),
+                        recovery=RecoveryConfig(restarts=1),
+                        ambiguity=AmbiguityConfig(n_candidates=3000, coarse_pairs=3000))
+    g = torch.Generator().manual_seed(seed)
+    out = run_recovery(stack.blind().with_half_sets(g), source, cfg, g)
     ev = evaluate(out.rotations, truth.rotations)
     median = float(math.degrees(float(ev.errors["rotation"].median())))
     assert median < 0.5, (seed, median, out.ambiguity.metrics())
@@ -94,8 +103,8 @@ def test_deterministic_with_seed():
     q = so3.sample_uniform_quats(150, g)
     pairs = choose_pairs(150, torch.Generator().manual_seed(5))
     pairs = pairs.with_distances(so3.geodesic_distance(q[pairs.i], q[pairs.j]))
-    a = recover(pairs, RecoveryOptions(restarts=1), torch.Generator().manual_seed(6))
-    b = recover(pairs, RecoveryOptions(restarts=1), torch.Generator().manual_seed(6))
+    a = recover(pairs, RecoveryConfig(restarts=1), torch.Generator().manual_seed(6))
+    b = recover(pairs, RecoveryConfig(restarts=1), torch.Generator().manual_seed(6))
     assert torch.equal(a.quaternions, b.quaternions)
 
 
@@ -146,4 +155,4 @@ def test_bad_pair_arguments():
         choose_pairs(2, g)
     empty = PairSet(torch.tensor([0]), torch.tensor([1]), torch.tensor([0.5]), 3, torch.tensor([0]))
     with pytest.raises(CryorientError, match="at least 4 anchor"):
-        recover(empty, RecoveryOptions(), g)
+        recover(empty, RecoveryConfig(), g)

@@ -17,17 +17,11 @@ import pytest
 import starfile
 import torch
 
-from cryorient.ctf import CTFSampling
+from cryorient.config import CTFSampling, SimulationConfig
+from cryorient.imaging.projector import prepare_volume
 from cryorient.io import read_mrc, write_mrc, write_star
 from cryorient.particles import read_particles
-from cryorient.simulate.projector import prepare_volume
-from cryorient.simulate.simulator import (
-    SimulationConfig,
-    draw_particles,
-    particle_table,
-    render,
-    simulation_optics,
-)
+from cryorient.simulate.simulator import draw_particles, particle_table, render, simulation_optics
 from cryorient.so3 import rotmat_distance
 
 from .cli_helpers import SMALL, run_cli

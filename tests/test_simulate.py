@@ -5,12 +5,14 @@ import pytest
 import torch
 
 from cryorient import so3
-from cryorient.ctf import CTFSampling, ctf_rfft, first_zero_frequency, sample_ctf
+from cryorient.config import CTFSampling, SimulationConfig
+from cryorient.ctf import ctf_rfft, first_zero_frequency, sample_ctf
 from cryorient.errors import CryorientError
 from cryorient.fourier import shift_images
-from cryorient.simulate.noise import measured_snr
-from cryorient.simulate.projector import prepare_volume, project
-from cryorient.simulate.simulator import SimulationConfig, draw_particles, render, simulate_stack
+from cryorient.imaging.noise import measured_snr
+from cryorient.imaging.projector import prepare_volume, project
+from cryorient.imaging.render import render
+from cryorient.simulate.simulator import draw_particles, simulate_stack
 
 
 @pytest.mark.parametrize("snr", [1.0, 1 / 16])
@@ -109,11 +111,12 @@ def test_dtype_kept(adk_volume_32):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"n_particles": 0}, "positive integer"),
+    ({"n_particles": 0}, "integer >= 1"),
+    ({"snr": 1e-30}, "below 0.0001"),
     ({"snr": 0.0}, "SNR must be > 0"),
     ({"snr": -1.0}, "SNR must be > 0"),
     ({"max_shift_px": -1.0}, "maximum shift"),
 ])
 def test_bad_simulation_config(kwargs, match):
     with pytest.raises(CryorientError, match=match):
-        SimulationConfig(**kwargs).validate()
+        SimulationConfig(**kwargs)

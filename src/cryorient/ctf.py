@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch_ctf import calculate_ctf_2d
 
+from .config import CTFSampling
 from .fourier import rfft_freqs_2d
 
 
@@ -32,20 +34,18 @@ class CTFParams:
         return int(self.defocus_u_angstrom.shape[0])
 
     def subset(self, index) -> CTFParams:
-        """The parameters of the particles selected by ``index``."""
+        """The parameters of the particles selected by ``index`` (a slice, indices or a mask)."""
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
         return CTFParams(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
+    def to(self, device) -> CTFParams:
+        return CTFParams(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
-@dataclass(frozen=True)
-class CTFSampling:
-    """How a simulation draws CTF parameters."""
 
-    defocus_min_angstrom: float = 10000.0
-    defocus_max_angstrom: float = 25000.0
-    astigmatism_angstrom: float = 500.0  # maximum |dU - dV| / 2
-    voltage_kv: float = 300.0
-    cs_mm: float = 2.7
-    amplitude_contrast: float = 0.1
+def subset(ctf: CTFParams | None, index) -> CTFParams | None:
+    """``ctf.subset(index)``, or None for a stack without CTF parameters."""
+    return None if ctf is None else ctf.subset(index)
 
 
 def sample_ctf(n: int, cfg: CTFSampling, generator: torch.Generator) -> CTFParams:
@@ -66,14 +66,17 @@ def sample_ctf(n: int, cfg: CTFSampling, generator: torch.Generator) -> CTFParam
 
 
 def ctf_rfft(params: CTFParams, box: int, pixel_size: float, phase_flip: bool = False,
-             full_centred: bool = False) -> torch.Tensor:
+             full_centred: bool = False, device=None) -> torch.Tensor:
     """CTF of each particle on the unshifted rfft grid: ``(N, box, box // 2 + 1)`` (or, with
     ``full_centred``, on the full fftshifted grid ``(N, box, box)``).
 
     Sign as RELION: ``CTF = sin(pi lambda df k^2 - pi/2 Cs lambda^3 k^4 + asin(Q))``, i.e.
     ``+Q`` at the origin and positive at low frequency for underfocus (``df > 0``).
-    ``phase_flip`` returns ``sign(CTF)`` instead.
+    ``phase_flip`` returns ``sign(CTF)`` instead. Computed on ``device`` (default: where the
+    parameters are).
     """
+    if device is not None:
+        params = params.to(device)
     du = params.defocus_u_angstrom.double()
     dv = params.defocus_v_angstrom.double()
     # torch-ctf's defocus is in micrometres as mean and half-difference; its astigmatism

@@ -6,13 +6,13 @@ centre of mass at index ``D // 2`` and band-limited at the stated resolution.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import gemmi
 import numpy as np
 import torch
 
+from .config import DensityConfig
 from .errors import CryorientError, require_positive
 from .fourier import lowpass_volume
 from .io import read_mrc
@@ -23,40 +23,12 @@ from .structure import atom_positions, read_atoms, resolve_structure, structure_
 EDGE_MARGIN_PX = 2
 
 
-@dataclass(frozen=True)
-class DensityOptions:
-    """How a structure becomes a density volume."""
-
-    box: int = 64
-    pixel_size: float = 2.5
-    resolution: float | None = None  # Å; default 2.5 px (0.8 of Nyquist)
-    keep_ligands: bool = False
-    chains: tuple[str, ...] | None = None  # keep only these chains of an atomic model
-
-    def resolved_resolution(self) -> float:
-        return self.resolution if self.resolution is not None else 2.5 * self.pixel_size
-
-
-def check_options(opts: DensityOptions) -> None:
-    if int(opts.box) != opts.box or opts.box < 16:
-        raise CryorientError(f"box size must be an integer >= 16, got {opts.box}")
-    if opts.box % 2:
-        raise CryorientError(f"box size must be even, got {opts.box}")
-    require_positive(opts.pixel_size, "pixel size")
-    res = require_positive(opts.resolved_resolution(), "resolution")
-    if res < 2 * opts.pixel_size - 1e-9:
-        raise CryorientError(
-            f"resolution {res} Å is finer than Nyquist ({2 * opts.pixel_size} Å) at pixel size "
-            f"{opts.pixel_size} Å; use a resolution >= {2 * opts.pixel_size} Å"
-        )
-
-
 def _smallest_box(radius_angstrom: float, pixel_size: float) -> int:
     need = 2 * (radius_angstrom / pixel_size + EDGE_MARGIN_PX)
     return int(2 * math.ceil(need / 2))
 
 
-def _check_fits(radius_angstrom: float, opts: DensityOptions, what: str) -> None:
+def _check_fits(radius_angstrom: float, opts: DensityConfig, what: str) -> None:
     limit = (opts.box / 2 - EDGE_MARGIN_PX) * opts.pixel_size
     if radius_angstrom > limit:
         raise CryorientError(
@@ -66,7 +38,7 @@ def _check_fits(radius_angstrom: float, opts: DensityOptions, what: str) -> None
         )
 
 
-def atoms_to_volume(st: gemmi.Structure, opts: DensityOptions, name: str = "structure"
+def atoms_to_volume(st: gemmi.Structure, opts: DensityConfig, name: str = "structure"
                     ) -> torch.Tensor:
     """Electron-scattering density of a cleaned structure, ``(D, D, D)`` float32 ``[z, y, x]``.
 
@@ -74,7 +46,6 @@ def atoms_to_volume(st: gemmi.Structure, opts: DensityOptions, name: str = "stru
     puts the density on the grid, centred on the centre of mass; it is then low-passed so
     that nothing above ``1 / resolution`` remains.
     """
-    check_options(opts)
     st = st.clone()
     model = st[0]
     com = model.calculate_center_of_mass()
@@ -98,7 +69,7 @@ def atoms_to_volume(st: gemmi.Structure, opts: DensityOptions, name: str = "stru
     return lowpass_volume(vol, px / opts.resolved_resolution())
 
 
-def map_to_volume(data: np.ndarray, voxel_size: float, opts: DensityOptions, name: str = "map"
+def map_to_volume(data: np.ndarray, voxel_size: float, opts: DensityConfig, name: str = "map"
                   ) -> torch.Tensor:
     """Resample an MRC map ``[z, y, x]`` to the requested box and pixel size.
 
@@ -109,7 +80,6 @@ def map_to_volume(data: np.ndarray, voxel_size: float, opts: DensityOptions, nam
     """
     from scipy import ndimage
 
-    check_options(opts)
     require_positive(voxel_size, f"voxel size of {name}")
     vol = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     res = max(opts.resolved_resolution(), 2 * voxel_size)
@@ -134,7 +104,7 @@ def map_to_volume(data: np.ndarray, voxel_size: float, opts: DensityOptions, nam
     return torch.from_numpy(out.astype(np.float32))
 
 
-def load_volume(structure: str | Path, opts: DensityOptions) -> torch.Tensor:
+def load_volume(structure: str | Path, opts: DensityConfig) -> torch.Tensor:
     """A named bundled structure, a PDB/mmCIF file or an MRC map -> density volume."""
     path = resolve_structure(structure)
     if structure_kind(path) == "atoms":

@@ -12,7 +12,7 @@ import torch
 from .errors import CryorientError, require_positive
 from .io import read_mrc, write_mrc
 from .particles import ANGLE_COLUMNS, read_particles, write_particles
-from .reconstruct.fsc import lowpass_to_resolution, soft_sphere_mask
+from .volumes import lowpass_to_resolution, soft_sphere_mask
 
 REFINE_TEMPLATE = """# RELION 3.1 3D auto-refine from cryorient's result (run in this directory)
 relion_refine --o Refine3D/run --auto_refine --split_random_halves \\

@@ -89,18 +89,36 @@ def lowpass_images(images: torch.Tensor, cutoff_cycles_per_px: float, edge_fract
     return torch.fft.irfft2(torch.fft.rfft2(images) * filt, s=(box, box))
 
 
-def fourier_crop(images: torch.Tensor, new_box: int) -> torch.Tensor:
-    """Downsample images ``(..., D, D)`` to ``(..., d, d)`` by cropping their spectrum.
-
-    The pixel size grows by ``D / d``; values are scaled so that the mean is preserved.
-    """
+def fourier_resize(images: torch.Tensor, new_box: int) -> torch.Tensor:
+    """Resample images ``(..., D, D)`` to ``(..., d, d)`` by cropping (d < D) or zero-padding
+    (d > D) their centred spectrum. The pixel size changes by ``D / d``; values are scaled so
+    that the mean is preserved (a smooth image keeps its values)."""
     box = images.shape[-1]
     if new_box == box:
         return images
-    if new_box > box or new_box % 2 or box % 2:
-        raise ValueError(f"fourier_crop needs even sizes with new_box <= box, got {box}->{new_box}")
+    if new_box % 2 or box % 2:
+        raise ValueError(f"fourier_resize needs even sizes, got {box}->{new_box}")
     spec = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(images, dim=(-2, -1))), dim=(-2, -1))
-    lo = box // 2 - new_box // 2
-    spec = spec[..., lo:lo + new_box, lo:lo + new_box]
+    if new_box < box:
+        lo = box // 2 - new_box // 2
+        spec = spec[..., lo:lo + new_box, lo:lo + new_box]
+    else:
+        p = new_box // 2 - box // 2
+        spec = torch.nn.functional.pad(spec, [p, new_box - box - p, p, new_box - box - p])
     out = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(spec, dim=(-2, -1))), dim=(-2, -1))
     return out.real * (new_box / box) ** 2
+
+
+def fourier_resize_volume(volume: torch.Tensor, new_box: int) -> torch.Tensor:
+    """Downsample a cubic volume ``(D, D, D)`` to ``(d, d, d)`` (d <= D, both even) by cropping
+    its centred spectrum; values are scaled so that the mean is preserved (the voxel size grows
+    by ``D / d``, so a projection of the result is ``d / D`` times the projection's values)."""
+    box = volume.shape[-1]
+    if new_box == box:
+        return volume
+    if new_box > box or new_box % 2 or box % 2:
+        raise ValueError(f"fourier_resize_volume needs even sizes with new_box <= box, got {box}->{new_box}")
+    spec = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(volume)))
+    lo = box // 2 - new_box // 2
+    spec = spec[lo:lo + new_box, lo:lo + new_box, lo:lo + new_box]
+    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(spec))).real * (new_box / box) ** 3

@@ -25,6 +25,9 @@ ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 ORIGIN_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
 DEFOCUS_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
 OPTICS_CTF_COLUMNS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+POSE_COLUMNS = (*ANGLE_COLUMNS, *ORIGIN_COLUMNS, "rlnAngleRotPrior", "rlnAngleTiltPrior",
+                "rlnAnglePsiPrior", "rlnOriginXPriorAngst", "rlnOriginYPriorAngst")
+HALF_SET_COLUMN = "rlnRandomSubset"  # 1 or 2, as RELION's --split_random_halves writes it
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,43 @@ class ParticleStack:
                 table[c] = shifts_angstrom[:, k].double().numpy()
         return replace(self, particles=table)
 
+    def without_columns(self, columns) -> ParticleStack:
+        """A copy whose particle table lacks ``columns`` (those present)."""
+        return replace(self, particles=self.particles.drop(
+            columns=[c for c in columns if c in self.particles.columns]))
+
+    def blind(self) -> ParticleStack:
+        """A copy without pose columns (angles, origins and their priors): what every estimation
+        step sees, so that the truth can shape nothing but the evaluation."""
+        return self.without_columns(POSE_COLUMNS)
+
+    def with_half_sets(self, generator: torch.Generator) -> ParticleStack:
+        """A copy with ``rlnRandomSubset`` (1/2): kept when the STAR has it, else drawn once at
+        random (half of the particles, rounded down, in subset 1)."""
+        if HALF_SET_COLUMN in self.particles.columns:
+            values = set(np.unique(self.particles[HALF_SET_COLUMN].to_numpy()))
+            if not values <= {1, 2} or (len(values) < 2 and self.n > 1):
+                raise CryorientError(f"{self._where()}: {HALF_SET_COLUMN} must be 1 or 2 with both present, "
+                                     f"got {sorted(values)}")
+            return self
+        perm = torch.randperm(self.n, generator=generator).numpy()
+        subset = np.full(self.n, 2, dtype=np.int64)
+        subset[perm[: self.n // 2]] = 1
+        table = self.particles.copy()
+        table[HALF_SET_COLUMN] = subset
+        return replace(self, particles=table)
+
+    def half_sets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted particle indices of half sets 1 and 2 (see :meth:`with_half_sets`)."""
+        require_columns(self.particles.columns, [HALF_SET_COLUMN], self._where(),
+                        "draw the half sets first")
+        subset = self.particles[HALF_SET_COLUMN].to_numpy()
+        return np.nonzero(subset == 1)[0], np.nonzero(subset == 2)[0]
+
+    def without_ctf(self) -> ParticleStack:
+        """A copy without defocus columns (its images are then treated as CTF-free)."""
+        return self.without_columns(DEFOCUS_COLUMNS)
+
     def subset(self, indices: np.ndarray) -> ParticleStack:
         idx = np.asarray(indices)
         return replace(self, images=self.images.subset(idx),
@@ -191,22 +231,34 @@ def make_optics(pixel_size: float, box: int, voltage_kv: float = 300.0, cs_mm: f
     })
 
 
-def load_orientations(path: str | Path) -> torch.Tensor:
-    """Rotation matrices ``(N, 3, 3)`` from a STAR file's angles or an npz of quaternions."""
+def load_poses(path: str | Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation matrices ``(n, 3, 3)`` and origins ``(n, 2)`` (Å) from a STAR file's angles and
+    origins (zeros without origin columns) or from a recovery's npz (quaternions, origins)."""
     from .io import load_npz
 
     p = Path(path)
     if p.suffix == ".npz":
-        q = torch.from_numpy(load_npz(p, required=("quaternions",))["quaternions"]).float()
+        data = load_npz(p, required=("quaternions",))
+        q = torch.from_numpy(data["quaternions"]).float()
         if q.ndim != 2 or q.shape[1] != 4:
             raise CryorientError(f"{p.name}: quaternions must be (N, 4), got {tuple(q.shape)}")
         if not torch.isfinite(q).all():
             raise CryorientError(f"{p.name}: quaternions contain NaN or infinite values")
-        return so3.quat_to_rotmat(q)
-    table, _ = _split_blocks(read_star(p), p.name)
-    require_columns(table.columns, ANGLE_COLUMNS, f"STAR file {p.name}", "it gives no orientations")
-    ang = torch.from_numpy(table[list(ANGLE_COLUMNS)].to_numpy(np.float64, copy=True))
-    return so3.euler_to_rotmat(ang[:, 0], ang[:, 1], ang[:, 2]).float()
+        rot = so3.quat_to_rotmat(q)
+        origins = (torch.from_numpy(data["origins_angstrom"]).float() if "origins_angstrom" in data
+                   else torch.zeros(q.shape[0], 2))
+    else:
+        table, _ = _split_blocks(read_star(p), p.name)
+        require_columns(table.columns, ANGLE_COLUMNS, f"STAR file {p.name}", "it gives no orientations")
+        ang = torch.from_numpy(table[list(ANGLE_COLUMNS)].to_numpy(np.float64, copy=True))
+        rot = so3.euler_to_rotmat(ang[:, 0], ang[:, 1], ang[:, 2]).float()
+        origins = (torch.from_numpy(table[list(ORIGIN_COLUMNS)].to_numpy(np.float32, copy=True))
+                   if all(c in table.columns for c in ORIGIN_COLUMNS) else torch.zeros(len(table), 2))
+    if rot.shape[0] != n:
+        raise CryorientError(f"{p.name} gives {rot.shape[0]} orientations for {n} images; they must match")
+    if not torch.isfinite(origins).all():
+        raise CryorientError(f"{p.name}: origins contain NaN or infinite values")
+    return rot, origins
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -266,6 +318,7 @@ def read_particles(star_path: str | Path, pixel_size: float | None = None) -> Pa
                     "each particle needs rlnImageName (index@stack.mrcs)")
     if len(table) == 0:
         raise CryorientError(f"STAR file {name} lists no particles")
+    optics_given = optics is not None
     if optics is None:
         optics = _optics_from_30(table, name, pixel_size)
         if all(c in table.columns for c in ("rlnOriginX", "rlnOriginY")):
@@ -296,6 +349,10 @@ def read_particles(star_path: str | Path, pixel_size: float | None = None) -> Pa
             f"STAR file {name} mixes optics groups with pixel sizes {sorted(sizes)} Å; "
             "split it by optics group (e.g. relion_star_handler --split_by_optics) and run each"
         )
+    if pixel_size is not None and optics_given and any(abs(v - pixel_size) > 1e-3 * v for v in sizes):
+        raise CryorientError(f"STAR file {name} gives the pixel size ({sorted(sizes)[0]} Å) in its optics "
+                             f"table; the pixel size {pixel_size} Å given besides it is only for RELION 3.0 "
+                             "files that lack one")
     px = float(pixel_size) if pixel_size is not None else sizes.pop()
     if "rlnImageSize" in used.columns and len(set(used["rlnImageSize"])) > 1:
         raise CryorientError(

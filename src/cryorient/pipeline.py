@@ -2,13 +2,14 @@
 
     simulate (or --particles) -> train (with --reference; cached) -> recover -> reconstruct
 
-Each stage writes its own subdirectory, atomically (staged and renamed when complete), and
-records the configuration it ran with (``stage.json``). Re-running the same command skips
-completed stages, resumes an interrupted training from its checkpoint, and refuses to mix
-stages made with another configuration. Models trained on a reference are cached by the
-reference's content, the stack's imaging parameters and the training configuration, so a
-rerun (or another run on the same data) does not retrain; models shipped with the package
-(for the demo) are found the same way.
+The particles are read once: the true poses (when the STAR has them) go to the evaluation
+only, every estimation stage sees the blind stack with its half sets (``rlnRandomSubset``,
+drawn once). Each stage writes its own subdirectory atomically (staged, renamed when
+complete) and records its configuration digest and its typed result (``stage.json``).
+Re-running the same command skips completed stages (their results are read back through
+their types), resumes an interrupted training from its checkpoint, and refuses to mix stages
+made with another configuration. Models trained on a reference are cached by everything that
+shaped them, so a rerun (or another run on the same data) does not retrain.
 """
 
 from __future__ import annotations
@@ -21,42 +22,28 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
-from .density import DensityOptions, load_volume
+from . import __version__
+from .config import DensityConfig, PipelineConfig
+from .density import load_volume
 from .distance.data import imaging_from_stack
-from .distance.predict import model_source
 from .distance.preprocess import default_input
-from .distance.train import TrainConfig, train_on_reference
+from .distance.train import MODEL_FORMAT, train_on_reference
 from .errors import CryorientError
-from .orientation.run import RecoverConfig, run_recovery, write_recovery
+from .evaluation import Truth, truth_of
+from .orientation.frame import to_reference_frame
+from .orientation.run import run_recovery, write_recovery
 from .particles import ParticleStack, read_particles, write_particles
-from .reconstruct.run import ReconstructOptions, reconstruct, write_reconstruction
+from .reconstruct.run import load_reference, reconstruct, write_reconstruction
 from .rundir import staged_directory, to_plain, write_json
 from .simulate.run import run_simulation
-from .simulate.simulator import SimulationConfig
-from .structure import DEFAULT_STRUCTURE, resolve_structure
+from .structure import resolve_structure
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    particles: str | None = None  # a RELION particle STAR; None: simulate
-    structure: str = DEFAULT_STRUCTURE
-    density: DensityOptions = field(default_factory=DensityOptions)
-    simulation: SimulationConfig = field(default_factory=SimulationConfig)
-    reference: str | None = None  # train a model on this structure/map; None: shipped model
-    reference_chains: tuple[str, ...] | None = None
-    model: str | None = None  # an existing model.pt (overrides reference)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    recover: RecoverConfig = field(default_factory=lambda: RecoverConfig(refine_rounds=3))
-    reconstruct: ReconstructOptions = field(default_factory=ReconstructOptions)
-    truth_map: str | None = None  # ground-truth map for the FSC (simulations use their own)
-    seed: int = 0
 
 
 def _digest(obj) -> str:
@@ -75,14 +62,23 @@ def _shipped_models() -> Path:
     return Path(str(importlib.resources.files("cryorient") / "data" / "models"))
 
 
-def model_cache_key(reference: str, chains, stack: ParticleStack, snr: float, cfg: TrainConfig) -> str:
-    path = resolve_structure(reference)
-    content = hashlib.sha256(path.read_bytes()).hexdigest()
-    # the SNR enters as its half-octave (log2 rounded to 0.5), robust to estimation jitter
-    snr_class = round(2 * math.log2(snr)) / 2 if snr > 0 and math.isfinite(snr) else "inf"
-    imaging = {"box": stack.box, "pixel_size": round(stack.pixel_size, 4), "ctf": stack.ctf() is not None,
-               "snr_log2": snr_class}
-    return _digest({"reference": content, "chains": chains, "imaging": imaging, "train": cfg})
+def snr_class(snr: float) -> str:
+    """The SNR as it enters the cache key: its half-octave (robust to estimation jitter)."""
+    if math.isinf(snr):
+        return "noiseless"
+    if snr <= 0:
+        return "no-signal"
+    return f"{round(2 * math.log2(snr)) / 2:g}"
+
+
+def model_cache_key(reference: str, chains, imaging: dict, train_cfg, seed: int) -> str:
+    """Everything that shapes a trained model: the reference's content, its chains, the imaging
+    (box, pixel size, SNR class, shift range, CTF parameters), the training configuration, the
+    seed, the model format and cryorient's version."""
+    content = hashlib.sha256(resolve_structure(reference).read_bytes()).hexdigest()
+    key_imaging = {**imaging, "snr": snr_class(imaging["snr"])}
+    return _digest({"reference": content, "chains": chains, "imaging": key_imaging, "train": train_cfg,
+                    "seed": seed, "model_format": MODEL_FORMAT, "version": __version__})
 
 
 def find_cached_model(key: str) -> Path | None:
@@ -93,82 +89,303 @@ def find_cached_model(key: str) -> Path | None:
     return None
 
 
+# --- typed stage results (stage.json holds them; a skipped stage reads them back) ----------
+
+
+@dataclass(frozen=True)
+class SimulateResult:
+    star: str
+    volume: str
+    measured_snr: float
+
+
+@dataclass(frozen=True)
+class TrainStageResult:
+    model: str
+    origin: str  # trained | trained (from the cache)
+    val_median_deg: float | None
+    val_within_15deg: float | None
+    val_mae_rad: float | None
+    weak: bool
+    warning: str | None
+
+
+@dataclass(frozen=True)
+class RecoverStageResult:
+    ambiguity_margin: float
+    recovery_loss: float
+    hand: str  # as reference, mirrored, or undetermined (no reference)
+    hand_margin: float | None
+    median_error_deg: float | None = None
+    mean_error_deg: float | None = None
+    p90_error_deg: float | None = None
+    o4_median_error_deg: float | None = None
+    median_error_before_refinement_deg: float | None = None
+    hand_vs_truth: str | None = None
+
+
+@dataclass(frozen=True)
+class ReconstructStageResult:
+    resolution_halves_angstrom: float
+    halves_reach_nyquist: bool
+    resolution_vs_truth_angstrom: float | None
+
+
 class Stages:
     """Stage directories of one run: skip what is done, refuse what does not match."""
 
     def __init__(self, outdir: Path):
         self.outdir = outdir
-        outdir.mkdir(parents=True, exist_ok=True)
         self.skipped: list[str] = []
 
-    def done(self, name: str, config) -> bool:
+    def _recorded(self, name: str, config) -> dict | None:
         marker = self.outdir / name / "stage.json"
         if not marker.is_file():
-            return False
-        recorded = json.loads(marker.read_text()).get("config_digest")
-        if recorded != _digest(config):
+            return None
+        recorded = json.loads(marker.read_text())
+        if recorded.get("config_digest") != _digest(config):
             raise CryorientError(f"{self.outdir / name} was made with another configuration; rerun with "
                                  "--overwrite or use another --outdir")
-        self.skipped.append(name)
-        log.info("stage %s: done earlier, skipped", name)
-        return True
+        return recorded
 
-    def mark(self, directory: Path, config, seconds: float, **info) -> None:
-        write_json(directory / "stage.json", {"config_digest": _digest(config), "seconds": round(seconds, 2),
-                                              **info})
-
-    def info(self, name: str) -> dict:
-        return json.loads((self.outdir / name / "stage.json").read_text())
-
-    def run(self, name: str, config, fn: Callable[[Path], None]) -> Path:
-        """Run ``fn(staging_dir)`` unless done; the directory appears only when complete."""
+    def run(self, name: str, config, result_type: type, fn: Callable[[Path], object]):
+        """``fn(staging_dir)`` (returning a ``result_type``) unless done earlier; the directory
+        appears only when complete."""
+        recorded = self._recorded(name, config)
+        if recorded is not None:
+            self.skipped.append(name)
+            log.info("stage %s: done earlier, skipped", name)
+            return result_type(**recorded["result"])
         target = self.outdir / name
-        if self.done(name, config):
-            return target
         if target.exists():  # no stage.json: an older incomplete attempt
             shutil.rmtree(target)
         t0 = time.perf_counter()
         with staged_directory(target) as stage:
-            (stage / "figures").mkdir()
-            fn(stage)
-            self.mark(stage, config, time.perf_counter() - t0)
-        return target
+            (stage / "figures").mkdir(exist_ok=True)
+            result = fn(stage)
+            write_json(stage / "stage.json", {"config_digest": _digest(config),
+                                              "seconds": round(time.perf_counter() - t0, 2),
+                                              "result": asdict(result)})
+        return result
 
 
-def _train_stage(stages: Stages, cfg: PipelineConfig, stack: ParticleStack, generator: torch.Generator,
-                 progress: Callable[[], Callable[[int], None] | None]) -> tuple[Path, str]:
-    """Train (or fetch from the cache) a model on ``cfg.reference`` for this stack; ``progress()``
-    makes the progress callback when training does happen."""
-    imaging = imaging_from_stack(stack, generator=torch.Generator().manual_seed(cfg.seed))
+@dataclass(frozen=True)
+class RunSummary:
+    particles: str
+    n_particles: int
+    box: int
+    pixel_size: float
+    distances: str
+    reference: str | None
+    model: str
+    train: TrainStageResult | None
+    recover: RecoverStageResult
+    reconstruct: ReconstructStageResult
+    stages_skipped: list
+    wall_time_s: float
+
+    def to_dict(self) -> dict:
+        """The flat summary.json (and the report's metrics table)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("train", "recover",
+                                                                                       "reconstruct")}
+        if self.train is not None:
+            out.update(training_median_error_deg=self.train.val_median_deg,
+                       training_within_15deg=self.train.val_within_15deg, model_weak=self.train.weak)
+        out.update({k: v for k, v in asdict(self.recover).items() if v is not None})
+        out.update({k: v for k, v in asdict(self.reconstruct).items() if v is not None})
+        warnings = self.warnings()
+        if warnings:
+            out["warnings"] = warnings
+        return out
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.train is not None and self.train.warning:
+            out.append(self.train.warning)
+        if self.recover.hand_margin is not None and self.recover.hand_margin < 0.02:
+            margin = 100 * self.recover.hand_margin
+            out.append(f"the hand was decided by a thin margin ({margin:.1f}% between the two hands' map "
+                       "correlations with the reference)")
+        if self.recover.ambiguity_margin < 0.05:
+            out.append(f"the distance ambiguity was resolved by a thin margin "
+                       f"({100 * self.recover.ambiguity_margin:.1f}%)")
+        return out
+
+
+def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
+                 progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+                 device=None) -> RunSummary:
+    """Run every stage into ``outdir``; returns the summary (also written to summary.json)."""
+    stages = Stages(outdir)
+    t_start = time.perf_counter()
+
+    def bar(name: str, total: int | None):
+        return progress(name, total) if progress is not None else None
+
+    # 1. particles: simulated, or the user's; the truth is set aside for the evaluation
+    if cfg.particles is None:
+        sim_cfg = {"structure": cfg.structure, "density": cfg.density, "simulation": cfg.simulation,
+                   "seed": cfg.seed}
+
+        def simulate_fn(d: Path) -> SimulateResult:
+            g = torch.Generator().manual_seed(cfg.seed)
+            r = run_simulation(cfg.structure, cfg.density, cfg.simulation, d, g,
+                               bar("simulate", cfg.simulation.n_particles))
+            return SimulateResult(str(r.star.name), str(r.volume.name), r.truth.measured_snr)
+
+        sim = stages.run("simulate", sim_cfg, SimulateResult, simulate_fn)
+        star = outdir / "simulate" / sim.star
+        truth_map = cfg.truth_map or str(outdir / "simulate" / sim.volume)
+    else:
+        star = Path(cfg.particles)
+        truth_map = cfg.truth_map
+    stack = read_particles(star, cfg.particles_pixel_size)
+    truth = truth_of(stack)
+    blind = stack.blind().with_half_sets(generator)
+
+    # 2. the distance model: given, or trained on the reference (cached)
+    reference = None
+    train_result = None
+    if cfg.model is not None:
+        model_path, origin = Path(cfg.model), "given"
+    else:
+        reference = load_volume(cfg.reference, DensityConfig(box=blind.box, pixel_size=blind.pixel_size,
+                                                             chains=cfg.reference_chains))
+        train_result = _train_stage(stages, cfg, blind, reference, device, lambda total: bar("train", total))
+        model_path, origin = Path(train_result.model), train_result.origin
+
+    # 3. recovery (+ ambiguity, polish, shifts, local refinement, the reference's frame)
+    model_digest = hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
+    rec_cfg = {"recover": cfg.recover, "model": model_digest, "seed": cfg.seed, "reference": cfg.reference}
+
+    def recover_fn(d: Path) -> RecoverStageResult:
+        return _recover(d, cfg, blind, truth, model_path, reference, device)
+
+    rec = stages.run("recover", rec_cfg, RecoverStageResult, recover_fn)
+    recovered = read_particles(outdir / "recover" / "orientations.star")
+
+    # 4. reconstruction with the recovery's half sets; with the truth (evaluation only), also the
+    #    map of the truth-aligned poses against the true map
+    aligned_star = outdir / "recover" / "orientations_aligned.star"
+    truth_available = truth_map is not None and Path(truth_map).is_file() and aligned_star.is_file()
+    recon_cfg = {"reconstruct": cfg.reconstruct, "seed": cfg.seed,
+                 "truth_map": _portable(truth_map, outdir) if truth_available else None}
+
+    def reconstruct_fn(d: Path) -> ReconstructStageResult:
+        result = reconstruct(recovered, recovered.rotations(), cfg.reconstruct, None,
+                             bar("reconstruct", recovered.n), device=device)
+        write_reconstruction(result, d)
+        metrics = {"map": result.metrics()}
+        vs_truth = None
+        if truth_available:
+            aligned = read_particles(aligned_star)
+            ref_map = load_reference(truth_map, aligned.box, aligned.pixel_size)
+            in_truth = reconstruct(aligned, aligned.rotations(), replace(cfg.reconstruct, halves=False),
+                                   ref_map, device=device)
+            (d / "truth_frame" / "figures").mkdir(parents=True)
+            write_reconstruction(in_truth, d / "truth_frame", ref_map)
+            metrics["truth_frame"] = in_truth.metrics()
+            vs_truth = in_truth.resolution_reference.angstrom
+        write_json(d / "metrics.json", metrics)
+        halves = result.resolution_halves
+        return ReconstructStageResult(halves.angstrom, halves.reached_nyquist, vs_truth)
+
+    recon = stages.run("reconstruct", recon_cfg, ReconstructStageResult, reconstruct_fn)
+
+    # 5. final files and summary
+    write_particles(recovered, outdir / "particles.star")
+    shutil.copyfile(outdir / "reconstruct" / "reconstruction.mrc", outdir / "map.mrc")
+    summary = RunSummary(str(star), stack.n, stack.box, stack.pixel_size, origin, cfg.reference,
+                         str(model_path), train_result, rec, recon, stages.skipped,
+                         round(time.perf_counter() - t_start, 1))
+    write_json(outdir / "summary.json", summary.to_dict())
+    for w in summary.warnings():
+        log.warning("warning: %s", w)
+    return summary
+
+
+def _train_stage(stages: Stages, cfg: PipelineConfig, stack: ParticleStack, reference: torch.Tensor, device,
+                 progress: Callable[[int | None], Callable[[int], None] | None]) -> TrainStageResult:
+    """Train (or fetch from the cache) a model on the reference for this stack."""
+    res = DensityConfig(box=stack.box, pixel_size=stack.pixel_size).resolved_resolution()
+    imaging = imaging_from_stack(stack, reference, res, generator=torch.Generator().manual_seed(cfg.seed))
     size, input_px = default_input(stack.box, stack.pixel_size, cfg.train.model.input_size)
     tcfg = replace(cfg.train, model=replace(cfg.train.model, input_size=size, input_pixel_size=input_px,
                                             phase_flip=stack.ctf() is not None))
-    key = model_cache_key(cfg.reference, cfg.reference_chains, stack, imaging.snr, tcfg)
+    key = model_cache_key(cfg.reference, cfg.reference_chains, imaging.summary(), tcfg, cfg.seed)
     stage_cfg = {"reference": cfg.reference, "chains": cfg.reference_chains, "key": key}
+    if stages._recorded("train", stage_cfg) is not None:
+        return _absolute(stages.run("train", stage_cfg, TrainStageResult, None), stages.outdir)
     target = stages.outdir / "train"
-    if stages.done("train", stage_cfg):
-        return target / "model.pt", stages.info("train").get("origin", "trained")
     target.mkdir(exist_ok=True)
     (target / "figures").mkdir(exist_ok=True)
     t0 = time.perf_counter()
     cached = find_cached_model(key)
     if cached is not None:
         shutil.copyfile(cached, target / "model.pt")
-        origin = "trained (from the cache)"
+        from .io import load_checkpoint
+
+        info = load_checkpoint(cached)["summary"]
+        final = info.get("final", {})
+        weak = bool(info.get("weak", False))
+        result = TrainStageResult("train/model.pt", "trained (from the cache)", final.get("val_median_deg"),
+                                  final.get("val_within_15deg"), final.get("val_mae"), weak,
+                                  _weak_warning(final, tcfg.weak_median_deg) if weak else None)
     else:
-        volume = load_volume(cfg.reference, DensityOptions(box=stack.box, pixel_size=stack.pixel_size,
-                                                           chains=cfg.reference_chains))
         resume = (target / "checkpoint.pt").is_file()
         if not resume:
             (target / "metrics.jsonl").unlink(missing_ok=True)
         summary = {"reference": cfg.reference, "imaging": imaging.summary(), "cache_key": key}
-        train_on_reference(volume, imaging, tcfg, target, resume=resume, seed=cfg.seed, summary=summary,
-                           progress=progress())
+        steps = tcfg.max_epochs * tcfg.steps_per_epoch
+        tr = train_on_reference(reference, imaging, tcfg, target, resume=resume, seed=cfg.seed,
+                                summary=summary, device=device, progress=progress(steps))
         (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(target / "model.pt", cache_dir() / "models" / f"{key}.pt")
-        origin = "trained"
-    stages.mark(target, stage_cfg, time.perf_counter() - t0, origin=origin)
-    return target / "model.pt", origin
+        result = TrainStageResult("train/model.pt", "trained", tr.final.get("val_median_deg"),
+                                  tr.final.get("val_within_15deg"), tr.final.get("val_mae"), tr.weak,
+                                  tr.warning(tcfg.weak_median_deg))
+    write_json(target / "stage.json", {"config_digest": _digest(stage_cfg), "result": asdict(result),
+                                       "seconds": round(time.perf_counter() - t0, 2)})
+    return _absolute(result, stages.outdir)
+
+
+def _absolute(result: TrainStageResult, outdir: Path) -> TrainStageResult:
+    return replace(result, model=str(outdir / result.model))
+
+
+def _weak_warning(final: dict, threshold: float) -> str:
+    return (f"the distance model is too weak to trust: validation median error "
+            f"{final.get('val_median_deg', math.nan):.0f}° (above {threshold:.0f}°)")
+
+
+def _recover(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | None, model_path: Path,
+             reference: torch.Tensor | None, device) -> RecoverStageResult:
+    from .distance.predict import model_source
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    source, nn = model_source(blind, model_path, cfg.recover.neighbours, device=device)
+    outcome = run_recovery(blind, source, cfg.recover, g, nn, device=device)
+    hand, hand_margin = "undetermined", None
+    if reference is not None:
+        # the reference's frame and hand, from the data: the map at these poses against the reference
+        res = max(15.0, 3 * blind.pixel_size)
+        framed = to_reference_frame(blind, outcome.rotations, outcome.origins_angstrom, reference, res, g,
+                                    device)
+        outcome = replace(outcome, rotations=framed.rotations, origins_angstrom=framed.origins_angstrom)
+        hand, hand_margin = "as reference", framed.alignment.hand_margin
+        write_json(d / "frame.json", framed.metrics())
+    metrics = write_recovery(outcome, blind, d, truth)
+    result = RecoverStageResult(outcome.ambiguity.margin, outcome.recovery.loss, hand, hand_margin)
+    if truth is not None:
+        ev = metrics["evaluation"]
+        result = replace(result, median_error_deg=ev["rotation_error"]["median_deg"],
+                         mean_error_deg=ev["rotation_error"]["mean_deg"],
+                         p90_error_deg=ev["rotation_error"]["p90_deg"],
+                         o4_median_error_deg=ev["o4_diagnostic"]["median_deg"], hand_vs_truth=ev["hand"])
+        if "evaluation_before_refinement" in metrics:
+            result = replace(result, median_error_before_refinement_deg=metrics[
+                "evaluation_before_refinement"]["rotation_error"]["median_deg"])
+    return result
 
 
 def _portable(path: str | Path, outdir: Path) -> str:
@@ -180,122 +397,20 @@ def _portable(path: str | Path, outdir: Path) -> str:
         return str(Path(path).resolve())
 
 
-def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
-                 progress: Callable[[str, int | None], Callable[[int], None]] | None = None) -> dict:
-    """Run every stage into ``outdir``; returns the summary (also written to summary.json)."""
-    stages = Stages(outdir)
-    t_start = time.perf_counter()
-
-    def bar(name: str, total: int | None):
-        return progress(name, total) if progress is not None else None
-
-    # 1. particles
-    if cfg.particles is None:
-        sim_cfg = {"structure": cfg.structure, "density": cfg.density, "simulation": cfg.simulation,
-                   "seed": cfg.seed}
-        sim_dir = stages.run("simulate", sim_cfg, lambda d: run_simulation(
-            cfg.structure, cfg.density, cfg.simulation, d, torch.Generator().manual_seed(cfg.seed),
-            bar("simulate", cfg.simulation.n_particles)))
-        star = sim_dir / "particles.star"
-        truth_map = cfg.truth_map or str(sim_dir / "volume.mrc")
-    else:
-        star = Path(cfg.particles)
-        truth_map = cfg.truth_map
-    stack = read_particles(star)
-
-    # 2. distances: a given model, a reference-trained one, or the shipped library model
-    if cfg.model is not None:
-        model_path, model_origin = Path(cfg.model), "given"
-    elif cfg.reference is not None:
-        steps = cfg.train.epochs * cfg.train.steps_per_epoch
-        model_path, model_origin = _train_stage(stages, cfg, stack, generator, lambda: bar("train", steps))
-    else:
-        model_path, model_origin = None, "shipped library model"
-
-    # 3. recovery (+ ambiguity, polish, shifts, local refinement)
-    model_digest = hashlib.sha256(model_path.read_bytes()).hexdigest()[:16] if model_path else "shipped"
-    rec_cfg = {"recover": cfg.recover, "model": model_digest, "seed": cfg.seed}
-
-    def recover_fn(d: Path) -> None:
-        source, nn = model_source(stack, str(model_path) if model_path else None, cfg.recover.neighbours)
-        outcome = run_recovery(stack, source, cfg.recover, torch.Generator().manual_seed(cfg.seed), nn)
-        write_recovery(outcome, stack, d)
-
-    rec_dir = stages.run("recover", rec_cfg, recover_fn)
-    recovered = read_particles(rec_dir / "orientations.star")
-
-    # 4. reconstruction (in the recovered frame; with the truth, also in the truth's frame)
-    truth_available = truth_map is not None and Path(truth_map).is_file() and \
-        (rec_dir / "orientations_aligned.star").is_file()
-    recon_cfg = {"reconstruct": cfg.reconstruct, "seed": cfg.seed,
-                 "truth_map": _portable(truth_map, outdir) if truth_available else None}
-
-    def reconstruct_fn(d: Path) -> None:
-        from .reconstruct.run import load_reference
-
-        result = reconstruct(recovered, recovered.rotations(), cfg.reconstruct,
-                             torch.Generator().manual_seed(cfg.seed), None, bar("reconstruct", recovered.n))
-        metrics = {"recovered_frame": result.metrics()}
-        write_reconstruction(result, d)
-        if truth_available:
-            aligned = read_particles(rec_dir / "orientations_aligned.star")
-            reference = load_reference(truth_map, aligned.box, aligned.pixel_size)
-            in_truth = reconstruct(aligned, aligned.rotations(), replace(cfg.reconstruct, halves=False),
-                                   torch.Generator().manual_seed(cfg.seed), reference)
-            aligned_dir = d / "truth_frame"
-            (aligned_dir / "figures").mkdir(parents=True)
-            write_reconstruction(in_truth, aligned_dir, reference)
-            metrics["truth_frame"] = in_truth.metrics()
-        write_json(d / "metrics.json", metrics)
-
-    recon_dir = stages.run("reconstruct", recon_cfg, reconstruct_fn)
-
-    # 5. final files and summary
-    write_particles(recovered, outdir / "particles.star")
-    shutil.copyfile(recon_dir / "reconstruction.mrc", outdir / "map.mrc")
-    rec_metrics = json.loads((rec_dir / "metrics.json").read_text())
-    recon_metrics = json.loads((recon_dir / "metrics.json").read_text())
-    summary = {
-        "particles": str(star), "n_particles": stack.n, "box": stack.box, "pixel_size": stack.pixel_size,
-        "distances": model_origin,
-        "reference": cfg.reference, "model": str(model_path) if model_path else None,
-        "ambiguity_margin": rec_metrics["ambiguity"]["margin"],
-        "recovery_loss": rec_metrics["final_loss"],
-        "resolution_halves_angstrom": recon_metrics["recovered_frame"].get("resolution_halves_0143_angstrom"),
-        "stages_skipped": stages.skipped,
-        "wall_time_s": round(time.perf_counter() - t_start, 1),
-    }
-    if "evaluation" in rec_metrics:
-        ev = rec_metrics["evaluation"]
-        summary.update(median_error_deg=ev["rotation_error"]["median_deg"],
-                       mean_error_deg=ev["rotation_error"]["mean_deg"],
-                       p90_error_deg=ev["rotation_error"]["p90_deg"], hand=ev["hand"],
-                       o4_median_error_deg=ev["o4_diagnostic"]["median_deg"])
-        before = rec_metrics.get("evaluation_before_refinement")
-        if before:
-            summary["median_error_before_refinement_deg"] = before["rotation_error"]["median_deg"]
-    if "truth_frame" in recon_metrics:
-        summary["resolution_vs_truth_angstrom"] = recon_metrics["truth_frame"].get(
-            "resolution_vs_reference_05_angstrom")
-    write_json(outdir / "summary.json", summary)
-    return summary
-
-
-def three_line_summary(summary: dict, outdir: Path) -> list[str]:
-    lines = [f"{summary['n_particles']} particles (box {summary['box']}, {summary['pixel_size']} Å/px); "
-             f"distances: {summary['distances']}; ambiguity margin {summary['ambiguity_margin']:.2f}"]
-    if "median_error_deg" in summary:
+def three_line_summary(summary: RunSummary, outdir: Path) -> list[str]:
+    rec, recon = summary.recover, summary.reconstruct
+    lines = [f"{summary.n_particles} particles (box {summary.box}, {summary.pixel_size} Å/px); "
+             f"distances: {summary.distances}; ambiguity margin {rec.ambiguity_margin:.2f}; hand {rec.hand}"]
+    if rec.median_error_deg is not None:
         extra = ""
-        if "median_error_before_refinement_deg" in summary:
-            extra = f" ({summary['median_error_before_refinement_deg']:.1f}° before local refinement)"
-        lines.append(f"orientations: median error {summary['median_error_deg']:.2f}°{extra}, "
-                     f"90th pct {summary['p90_error_deg']:.1f}°, hand {summary['hand']}")
+        if rec.median_error_before_refinement_deg is not None:
+            extra = f" ({rec.median_error_before_refinement_deg:.1f}° before local refinement)"
+        lines.append(f"orientations: median error {rec.median_error_deg:.2f}°{extra}, "
+                     f"90th pct {rec.p90_error_deg:.1f}°, hand {rec.hand_vs_truth} (vs truth)")
     else:
         lines.append("orientations: recovered (no true angles to compare with)")
-    res = summary.get("resolution_halves_angstrom")
-    truth = summary.get("resolution_vs_truth_angstrom")
-    vs_truth = f", {truth:.1f} Å vs truth (FSC 0.5)" if truth else ""
-    lines.append(f"map: {res:.1f} Å (half maps, FSC 0.143){vs_truth}; {summary['wall_time_s']:.0f} s; "
-                 f"report: {outdir / 'report.html'}")
+    vs_truth = (f", {recon.resolution_vs_truth_angstrom:.1f} Å vs truth (FSC 0.5)"
+                if recon.resolution_vs_truth_angstrom else "")
+    lines.append(f"map: {recon.resolution_halves_angstrom:.1f} Å (half maps, FSC 0.143){vs_truth}; "
+                 f"{summary.wall_time_s:.0f} s; report: {outdir / 'report.html'}")
     return lines
-

@@ -1,9 +1,17 @@
-"""Run directories: every command writes into ``--outdir`` all or nothing.
+"""Run directories: every command writes into ``--outdir``, and a failure leaves nothing that
+gets in the way of the corrected retry.
 
-Work happens in a hidden staging directory next to the target; it is renamed into place
-only when the command succeeds, so a failure or an interruption leaves no partial output.
-The directory holds the resolved ``config.yaml``, ``run.json`` (version, argv, seed,
-torch), ``cryorient.log``, metrics, artefacts and ``figures/``.
+Two lifecycles, one module:
+
+- :func:`run_directory` (simulate, recover, reconstruct, ...): work happens in a hidden
+  staging directory next to the target, renamed into place only when the command succeeds;
+- :func:`resumable_directory` (run, train): the directory fills stage by stage (each stage
+  staged the same way) so that an interrupted run resumes; a failure before anything worth
+  resuming was written removes the directory, and partial stages are always removed.
+
+Each holds the resolved ``config.yaml``, ``run.json`` (version, argv, seed, torch),
+``cryorient.log``, metrics, artefacts and ``figures/``. SIGTERM is turned into the same clean
+exit as Ctrl-C (see :func:`cryorient.cli.main.main`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from .errors import CryorientError
 from .io import atomic_output
 
 LOG_NAME = "cryorient.log"
+PARTIAL_PREFIX = "."
 
 
 def to_plain(obj: Any) -> Any:
@@ -69,7 +78,7 @@ def staged_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
     if final.exists() and not overwrite:
         raise CryorientError(f"output directory {final} exists; use --overwrite or another --outdir")
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = final.parent / f".{final.name}.partial-{os.getpid()}"
+    stage = final.parent / f"{PARTIAL_PREFIX}{final.name}.partial-{os.getpid()}"
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir()
@@ -101,6 +110,84 @@ def run_info(command: str, argv: list[str] | None, seed: int | None) -> dict[str
     }
 
 
+def remove_partials(directory: Path) -> None:
+    """Remove staging leftovers (``.NAME.partial-PID``, ``.NAME.tmp-PID``, ``.NAME.old-PID``)
+    of processes that are gone, in ``directory`` and its stage directories."""
+    for path in [*directory.glob(".*.partial-*"), *directory.glob("*/.*.partial-*"),
+                 *directory.glob(".*.tmp-*"), *directory.glob("*/.*.tmp-*"), *directory.glob(".*.old-*")]:
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _worth_resuming(directory: Path) -> bool:
+    """A finished stage or a training checkpoint: what a rerun would reuse."""
+    return any(directory.glob("*/stage.json")) or any(directory.rglob("checkpoint.pt"))
+
+
+@contextlib.contextmanager
+def _log_to(directory: Path) -> Iterator[None]:
+    handler = logging.FileHandler(directory / LOG_NAME)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("cryorient")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+@contextlib.contextmanager
+def resumable_directory(outdir: str | Path, command: str, options: dict, *, overwrite: bool = False,
+                        seed: int | None = None) -> Iterator[Path]:
+    """A run directory that resumes: the same ``options`` in an existing directory continue the
+    run there; other options are refused; see the module docstring for failures."""
+    outdir = Path(outdir)
+    plain = yaml.safe_load(yaml.safe_dump(to_plain(options)))
+    if outdir.exists() and overwrite:
+        shutil.rmtree(outdir)
+    if outdir.exists():
+        config = outdir / "config.yaml"
+        if not config.is_file():
+            raise CryorientError(f"output directory {outdir} exists and is not a cryorient run; use "
+                                 "--overwrite or another --outdir")
+        if yaml.safe_load(config.read_text()) != plain:
+            raise CryorientError(f"{outdir} holds a run with other options; rerun it with --config "
+                                 f"{config}, or use --overwrite or another --outdir")
+    created = not outdir.exists()
+    outdir.mkdir(parents=True, exist_ok=True)
+    remove_partials(outdir)
+    write_yaml(outdir / "config.yaml", plain)
+    info = run_info(command, None, seed)
+    t0 = time.perf_counter()
+    try:
+        with _log_to(outdir):
+            yield outdir
+    except BaseException:
+        if created and not _worth_resuming(outdir):
+            shutil.rmtree(outdir, ignore_errors=True)
+        else:
+            remove_partials(outdir)
+        raise
+    info["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    write_json(outdir / "run.json", info)
+
+
 @contextlib.contextmanager
 def run_directory(outdir: str | Path, command: str, config: Any, *, overwrite: bool = False,
                   seed: int | None = None, argv: list[str] | None = None) -> Iterator[Path]:
@@ -109,15 +196,8 @@ def run_directory(outdir: str | Path, command: str, config: Any, *, overwrite: b
         (stage / "figures").mkdir()
         write_yaml(stage / "config.yaml", config)
         info = run_info(command, argv, seed)
-        handler = logging.FileHandler(stage / LOG_NAME)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger = logging.getLogger("cryorient")
-        logger.addHandler(handler)
         t0 = time.perf_counter()
-        try:
+        with _log_to(stage):
             yield stage
-        finally:
-            logger.removeHandler(handler)
-            handler.close()
         info["wall_time_s"] = round(time.perf_counter() - t0, 3)
         write_json(stage / "run.json", info)

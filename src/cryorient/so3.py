@@ -119,9 +119,11 @@ def pairwise_distances(q: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> tor
 
 
 def rotmat_angle(rotmat: torch.Tensor) -> torch.Tensor:
-    """Rotation angle in ``[0, pi]`` of rotation matrices ``(..., 3, 3)``."""
+    """Rotation angle in ``[0, pi]`` of rotation matrices ``(..., 3, 3)``.
+
+    ``atan2(|skew| / 2, (trace - 1) / 2)``: accurate near 0 and pi where arccos is not, with
+    finite gradients at 0 (a 1e-12 under the square root)."""
     cos = 0.5 * (rotmat.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0)
-    # atan2 form: accurate near 0 and pi where arccos is not.
     skew = torch.stack(
         [
             rotmat[..., 2, 1] - rotmat[..., 1, 2],
@@ -130,7 +132,7 @@ def rotmat_angle(rotmat: torch.Tensor) -> torch.Tensor:
         ],
         dim=-1,
     )
-    return torch.atan2(0.5 * skew.norm(dim=-1), cos)
+    return torch.atan2(0.5 * torch.sqrt((skew * skew).sum(-1) + 1e-12), cos)
 
 
 def rotmat_distance(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..structure import DEFAULT_STRUCTURE
+from ..config import DEFAULT_STRUCTURE
 from .common import HelpFormatter, add_run_options
 from .run import add_pipeline_options, execute
 
-DEMO_DEFAULTS = {"reference": DEFAULT_STRUCTURE, "ctf": True, "epochs": 120, "steps_per_epoch": 100,
-                 "outdir": "runs/demo"}
+DEMO_DEFAULTS = {"reference": DEFAULT_STRUCTURE, "ctf": True, "outdir": "runs/demo"}
 
 
 def add_parser(sub, name: str) -> argparse.ArgumentParser:

@@ -5,22 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from .. import plots
-from ..distance.predict import model_source
-from ..io import save_npz
-from ..orientation.pairs import choose_pairs
-from ..orientation.run import pair_distances
-from ..particles import read_particles
-from ..rundir import run_directory, write_json
-from ..so3 import geodesic_distance, rotmat_to_quat
-from .common import HelpFormatter, add_run_options, add_star_pixel_size, progress, setup
+from .common import (
+    HelpFormatter,
+    add_device_option,
+    add_run_options,
+    add_star_pixel_size,
+    progress,
+    resolve_device,
+    setup,
+)
 
 EXAMPLES = """examples:
   cryorient distances --particles runs/sim/particles.star --model runs/train/model.pt --outdir runs/d
-  cryorient distances --particles data/particles.star --outdir runs/d_library   # shipped model
 """
 
 
@@ -32,12 +28,12 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                     "(pairs.npz) and figures; with true angles in the STAR, their errors too.",
         epilog=EXAMPLES, formatter_class=HelpFormatter)
     p.add_argument("--particles", required=True, help="particle STAR file")
-    p.add_argument("--model", default=None,
-                   help="model.pt from 'cryorient train' (needed: no library model ships yet)")
+    p.add_argument("--model", required=True, help="model.pt from 'cryorient train'")
     p.add_argument("--pairs-per-particle", type=int, default=None,
                    help="pair budget K per particle (default: all pairs up to 1000 particles, else 128)")
     p.add_argument("--neighbours", type=int, default=16, help="nearest neighbours per particle")
     p.add_argument("--batch-size", type=int, default=512, help="images per encoder batch")
+    add_device_option(p)
     add_star_pixel_size(p)
     add_run_options(p)
     p.set_defaults(func=run)
@@ -46,11 +42,27 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     generator = setup(args)
+    device = resolve_device(args.device)
+    import numpy as np
+    import torch
+
+    from .. import plots
+    from ..distance.predict import model_source
+    from ..evaluation import truth_of
+    from ..io import save_npz
+    from ..orientation.pairs import choose_pairs
+    from ..orientation.run import pair_distances
+    from ..particles import read_particles
+    from ..rundir import run_directory, write_json
+    from ..so3 import geodesic_distance, rotmat_to_quat
+
     stack = read_particles(args.particles, args.pixel_size)
+    truth = truth_of(stack)
+    stack = stack.blind()
     with progress(stack.n, "embed", args.quiet) as bar:
-        source, nn = model_source(stack, args.model, args.neighbours, args.batch_size, bar.update)
+        source, nn = model_source(stack, args.model, args.neighbours, args.batch_size, bar.update, device)
     pairs = pair_distances(source, choose_pairs(stack.n, generator, args.pairs_per_particle, 48, nn))
-    config = {"particles": args.particles, "model": args.model or "shipped library model",
+    config = {"particles": args.particles, "model": args.model,
               "pairs_per_particle": args.pairs_per_particle, "neighbours": args.neighbours}
     outdir = Path(args.outdir)
     with run_directory(outdir, "distances", config, overwrite=args.overwrite, seed=args.seed) as stage:
@@ -63,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         figs = stage / "figures"
         plots.histogram([("predicted", pairs.d.numpy())], figs / "distances.png", "distance (rad)",
                         title="Predicted pair distances")
-        if stack.has_orientations():
-            q = rotmat_to_quat(stack.rotations())
+        if truth is not None:
+            q = rotmat_to_quat(truth.rotations)
             true = geodesic_distance(q[pairs.i], q[pairs.j])
             err = (pairs.d - true).abs()
             near = true < 0.5

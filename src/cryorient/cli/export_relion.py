@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import CryorientError
-from ..export import export_run, export_sphere
-from ..rundir import run_directory, write_json
-from .common import HelpFormatter, add_run_options, setup
+from .common import HelpFormatter, add_run_options, parse_positive, setup
 
 EXAMPLES = """examples:
   cryorient export-relion --run runs/demo --outdir runs/demo_relion --lowpass 30
@@ -27,10 +25,11 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                     "featureless sphere and the particles without angles instead (the usual baseline).",
         epilog=EXAMPLES, formatter_class=HelpFormatter)
     p.add_argument("--run", default=None, help="a cryorient run directory")
-    p.add_argument("--lowpass", type=float, default=30.0, help="low-pass of the initial model in Å")
+    p.add_argument("--lowpass", type=parse_positive, default=30.0, help="low-pass of the initial model in Å")
     p.add_argument("--sphere", action="store_true", help="export a featureless sphere instead")
     p.add_argument("--particles", default=None, help="particle STAR (with --sphere)")
-    p.add_argument("--diameter", type=float, default=None, help="sphere diameter in Å (with --sphere)")
+    p.add_argument("--diameter", type=parse_positive, default=None,
+                   help="sphere diameter in Å (with --sphere)")
     add_run_options(p)
     p.set_defaults(func=run)
     return p
@@ -43,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
             raise CryorientError("--sphere needs --particles and --diameter")
     elif not args.run:
         raise CryorientError("give --run RUN_DIR (or --sphere --particles STAR --diameter D)")
+    from ..export import export_run, export_sphere
+    from ..rundir import run_directory, write_json
+
     outdir = Path(args.outdir)
     config = {k: v for k, v in vars(args).items() if k != "func"}
     with run_directory(outdir, "export-relion", config, overwrite=args.overwrite, seed=args.seed) as stage:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import plots
-from ..particles import read_particles
-from ..rundir import run_directory, write_json
 from .common import HelpFormatter, add_star_pixel_size, setup
 
 EXAMPLES = """examples:
@@ -45,6 +42,10 @@ def summarise(stack) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     setup(args)
+    from .. import plots
+    from ..particles import read_particles
+    from ..rundir import run_directory, write_json
+
     stack = read_particles(args.particles, args.pixel_size)
     summary = summarise(stack)
     for k, v in summary.items():

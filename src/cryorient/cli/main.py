@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 from ..errors import CryorientError
 from . import (
@@ -50,10 +52,20 @@ def build_parser() -> OneLineParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that staged outputs are cleaned up on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         if getattr(args, "config", None):  # run/demo: the YAML supplies defaults, flags override
             from .run import apply_config_file
@@ -68,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cryorient {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"cryorient {args.command}: terminated", file=sys.stderr)
+        return 143
+    except OSError as exc:  # an unwritable --outdir, a full disk, ...
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"cryorient {args.command}: error: cannot read or write{where}: {exc.strerror or exc} "
+              "(check the path and its permissions)", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # e.g. `cryorient structures | head`
         sys.stderr.close()
         return 0

@@ -6,11 +6,19 @@ import argparse
 import time
 from pathlib import Path
 
-from ..particles import load_orientations, read_particles
-from ..reconstruct.backproject import DEFAULT_WIENER
-from ..reconstruct.run import ReconstructOptions, load_reference, reconstruct, write_reconstruction
-from ..rundir import run_directory, write_json
-from .common import HelpFormatter, add_run_options, add_star_pixel_size, progress, setup
+from ..config import ReconstructConfig
+from .common import (
+    HelpFormatter,
+    add_device_option,
+    add_run_options,
+    add_star_pixel_size,
+    parse_positive,
+    progress,
+    resolve_device,
+    setup,
+)
+
+_C = ReconstructConfig()
 
 EXAMPLES = """examples:
   cryorient reconstruct --particles runs/sim/particles.star --reference runs/sim/volume.mrc \\
@@ -30,12 +38,13 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=HelpFormatter)
     p.add_argument("--particles", required=True, help="particle STAR with angles (and origins, CTF)")
     p.add_argument("--orientations", default=None,
-                   help="take the orientations from this STAR (angles) or npz (quaternions, from "
-                        "cryorient recover) instead of --particles; one per particle, same order")
+                   help="take the orientations and origins from this STAR (angles, origins) or npz "
+                        "(quaternions and origins, from cryorient recover) instead of --particles; one "
+                        "per particle, same order")
     p.add_argument("--reference", default=None, help="reference map (MRC) for the FSC at 0.5")
     p.add_argument("--halves", action=argparse.BooleanOptionalAction, default=True,
                    help="reconstruct two random halves and report their FSC at 0.143")
-    p.add_argument("--wiener", type=float, default=DEFAULT_WIENER,
+    p.add_argument("--wiener", type=parse_positive, default=_C.wiener,
                    help="Wiener constant, relative to the mean sum of CTF^2")
     p.add_argument("--no-ctf", action="store_true", help="ignore the STAR's CTF parameters")
     p.add_argument("--mask", choices=("sphere", "none"), default="sphere",
@@ -43,7 +52,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--lowpass", action="store_true",
                    help="low-pass the final map at the half-map FSC resolution")
     add_star_pixel_size(p)
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch")
+    p.add_argument("--batch-size", type=int, default=_C.batch_size, help="images per batch")
+    add_device_option(p)
     add_run_options(p)
     p.set_defaults(func=run)
     return p
@@ -51,21 +61,26 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     generator = setup(args)
-    from ..errors import require_positive
+    device = resolve_device(args.device)
+    opts = ReconstructConfig(halves=args.halves, wiener=args.wiener, batch_size=args.batch_size,
+                             use_ctf=not args.no_ctf, mask=args.mask, lowpass=args.lowpass)
+    from ..particles import load_poses, read_particles
+    from ..reconstruct.run import load_reference, reconstruct, write_reconstruction
+    from ..rundir import run_directory, write_json
 
-    require_positive(args.wiener, "--wiener")
     stack = read_particles(args.particles, args.pixel_size)
-    rotations = (load_orientations(args.orientations) if args.orientations else stack.rotations())
+    if args.orientations:
+        rotations, origins = load_poses(args.orientations, stack.n)
+        stack = stack.with_orientations(rotations, origins)
+    rotations = stack.rotations()
     reference = load_reference(args.reference, stack.box, stack.pixel_size) if args.reference else None
-    opts = ReconstructOptions(halves=args.halves, wiener=args.wiener, batch_size=args.batch_size,
-                              use_ctf=not args.no_ctf, mask=args.mask, lowpass=args.lowpass)
     config = {"particles": args.particles, "orientations": args.orientations,
               "reference": args.reference, "options": opts}
     outdir = Path(args.outdir)
     with run_directory(outdir, "reconstruct", config, overwrite=args.overwrite, seed=args.seed) as stage:
         t0 = time.perf_counter()
         with progress(stack.n, "reconstruct", args.quiet) as bar:
-            result = reconstruct(stack, rotations, opts, generator, reference, bar.update)
+            result = reconstruct(stack, rotations, opts, reference, bar.update, generator, device)
         elapsed = time.perf_counter() - t0
         write_reconstruction(result, stage, reference)
         metrics = {"n_particles": stack.n, **result.metrics(), "wall_time_s": round(elapsed, 3)}

@@ -4,23 +4,29 @@ with a report; ``cryorient demo`` is ``run`` with the demo's defaults."""
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-import yaml
-
-from ..distance.model import ModelConfig
-from ..distance.train import TrainConfig
+from ..config import (
+    AmbiguityConfig,
+    LocalRefineConfig,
+    ModelConfig,
+    PipelineConfig,
+    ReconstructConfig,
+    RecoverConfig,
+    RecoveryConfig,
+    TrainConfig,
+)
 from ..errors import CryorientError
-from ..orientation.ambiguity import AmbiguityOptions
-from ..orientation.recover import RecoveryOptions
-from ..orientation.run import RecoverConfig
-from ..pipeline import PipelineConfig, run_pipeline, three_line_summary
-from ..reconstruct.backproject import DEFAULT_WIENER
-from ..reconstruct.run import ReconstructOptions
-from ..report import write_report
-from ..rundir import run_info, write_json, write_yaml
-from .common import HelpFormatter, add_run_options, parse_chains, progress, setup
+from .common import (
+    HelpFormatter,
+    add_device_option,
+    add_run_options,
+    parse_chains,
+    parse_positive,
+    progress,
+    resolve_device,
+    setup,
+)
 from .simulate import add_simulation_options
 from .simulate import config_from_args as simulation_from_args
 
@@ -30,34 +36,39 @@ EXAMPLES = """examples:
   cryorient run --particles data/particles.star --model runs/run1/train/model.pt --outdir runs/x
   cryorient run --config runs/run1/config.yaml --outdir runs/run1_again # reproduce a run
 """
-RUN_KEYS = {"outdir", "overwrite", "quiet", "threads", "config", "func", "command"}
+RUN_KEYS = {"outdir", "overwrite", "quiet", "threads", "config", "func", "command", "device"}
+_T, _M, _R, _A, _C = TrainConfig(), ModelConfig(), RecoverConfig(), AmbiguityConfig(), ReconstructConfig()
 
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML of option values (a run's config.yaml)")
-    p.add_argument("--particles", default=None, help="a RELION particle STAR (default: simulate)")
+    p.add_argument("--particles", default=None,
+                   help="a RELION particle STAR (default: simulate)")
     add_simulation_options(p)
     g = p.add_argument_group("distances")
     g.add_argument("--reference", default=None,
-                   help="train the distance on this structure/map (cached); needed unless --model is "
-                        "given (no library model ships yet, see docs/model.md)")
+                   help="train the distance on this structure/map (cached); a run needs it or --model "
+                        "(no library model ships, see docs/model.md)")
     g.add_argument("--reference-chains", type=parse_chains, default=None,
                    help="chains of the reference's atomic model to keep")
     g.add_argument("--model", default=None, help="use this trained model.pt instead")
-    g.add_argument("--epochs", type=int, default=30)
-    g.add_argument("--steps-per-epoch", type=int, default=100)
-    g.add_argument("--train-batch-size", type=int, default=128)
-    g.add_argument("--input-size", type=int, default=32, help="network input size in px")
-    g.add_argument("--width", type=int, default=16, help="network width (first-stage channels)")
+    g.add_argument("--minutes", type=parse_positive, default=_T.minutes,
+                   help="training time budget (training also stops when the validation stops improving)")
+    g.add_argument("--max-epochs", type=int, default=_T.max_epochs)
+    g.add_argument("--steps-per-epoch", type=int, default=_T.steps_per_epoch)
+    g.add_argument("--train-batch-size", type=int, default=_T.batch_size)
+    g.add_argument("--input-size", type=int, default=_M.input_size, help="network input size in px")
+    g.add_argument("--width", type=int, default=_M.width, help="network width (first-stage channels)")
     g = p.add_argument_group("recovery and reconstruction")
-    g.add_argument("--pairs-per-particle", type=int, default=None)
-    g.add_argument("--restarts", type=int, default=2)
-    g.add_argument("--refine-rounds", type=int, default=3,
-                   help="local refinement by reprojection after recovery (0: the method only)")
-    g.add_argument("--ambiguity-images", type=int, default=2000)
-    g.add_argument("--wiener", type=float, default=DEFAULT_WIENER)
+    g.add_argument("--pairs-per-particle", type=int, default=_R.pairs_per_particle)
+    g.add_argument("--restarts", type=int, default=_R.recovery.restarts)
+    g.add_argument("--refine-rounds", type=int, default=_R.refine.rounds,
+                   help="local refinement against half maps after recovery (0: the method only)")
+    g.add_argument("--ambiguity-images", type=int, default=_A.n_images)
+    g.add_argument("--wiener", type=parse_positive, default=_C.wiener)
     g.add_argument("--truth-map", default=None,
                    help="ground-truth map for the FSC (a simulation uses its own volume.mrc)")
+    add_device_option(p)
 
 
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
@@ -65,10 +76,10 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
         name, help="the whole pipeline: simulate/particles -> distances -> recover -> reconstruct",
         description="Run every stage into one run directory: simulate (unless --particles), train the "
                     "distance on --reference for this stack (cached; or use --model), recover "
-                    "orientations, resolve the ambiguity, estimate shifts, "
-                    "refine locally, reconstruct with half maps; evaluate when the STAR carries true "
-                    "angles; write particles.star, map.mrc, summary.json and report.html. A rerun "
-                    "skips finished stages.",
+                    "orientations, resolve the ambiguity, estimate shifts, refine locally, put the poses "
+                    "in the reference's frame and hand, reconstruct with half maps; evaluate when the "
+                    "STAR carries true angles; write particles.star, map.mrc, summary.json and "
+                    "report.html. A rerun skips finished stages.",
         epilog=EXAMPLES, formatter_class=HelpFormatter)
     add_pipeline_options(p)
     add_run_options(p)
@@ -78,6 +89,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 
 def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse ``argv`` with the YAML of ``--config`` as defaults (explicit flags win)."""
+    import yaml
+
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         path = Path(pre.config)
@@ -101,22 +114,23 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    if args.reference is None and args.model is None:
+        raise CryorientError("give --reference MODEL (a structure or map to train on) or --model model.pt; "
+                             "no library model ships with cryorient")
     density, simulation = simulation_from_args(args)
-    simulation.validate()
     model = ModelConfig(width=args.width, input_size=args.input_size)
-    train = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                        batch_size=args.train_batch_size, model=model)
-    train.validate()
-    recover = RecoverConfig(pairs_per_particle=args.pairs_per_particle, refine_rounds=args.refine_rounds,
-                            recovery=RecoveryOptions(restarts=args.restarts),
-                            ambiguity=AmbiguityOptions(n_images=args.ambiguity_images))
-    recover.validate()
-    if not args.wiener > 0:
-        raise CryorientError(f"--wiener must be > 0, got {args.wiener}")
-    return PipelineConfig(particles=args.particles, structure=args.structure, density=density,
+    train = TrainConfig(max_epochs=args.max_epochs, minutes=args.minutes,
+                        steps_per_epoch=args.steps_per_epoch, batch_size=args.train_batch_size, model=model)
+    recover = RecoverConfig(pairs_per_particle=args.pairs_per_particle,
+                            refine=LocalRefineConfig(rounds=args.refine_rounds),
+                            recovery=RecoveryConfig(restarts=args.restarts),
+                            ambiguity=AmbiguityConfig(n_images=args.ambiguity_images))
+    return PipelineConfig(particles=args.particles,
+                          particles_pixel_size=args.pixel_size if args.particles else None,
+                          structure=args.structure, density=density,
                           simulation=simulation, reference=args.reference,
                           reference_chains=args.reference_chains, model=args.model, train=train,
-                          recover=recover, reconstruct=ReconstructOptions(wiener=args.wiener),
+                          recover=recover, reconstruct=ReconstructConfig(wiener=args.wiener),
                           truth_map=args.truth_map, seed=args.seed)
 
 
@@ -127,32 +141,29 @@ def resolved_options(args: argparse.Namespace) -> dict:
 def execute(args: argparse.Namespace, command: str) -> int:
     generator = setup(args)
     cfg = pipeline_config(args)
-    outdir = Path(args.outdir)
-    if outdir.exists() and args.overwrite:
-        shutil.rmtree(outdir)
-    if outdir.exists() and not (outdir / "config.yaml").is_file():
-        raise CryorientError(f"output directory {outdir} exists and is not a cryorient run; use --overwrite "
-                             "or another --outdir")
-    if (outdir / "config.yaml").is_file():
-        previous = yaml.safe_load((outdir / "config.yaml").read_text())
-        current = yaml.safe_load(yaml.safe_dump(resolved_options(args)))
-        if previous != current:
-            raise CryorientError(f"{outdir} holds a run with other options; rerun it with --config "
-                                 f"{outdir / 'config.yaml'}, or use --overwrite or another --outdir")
+    device = resolve_device(args.device)
+    if cfg.particles is not None:  # read it now: a bad STAR fails before anything is written
+        from ..particles import read_particles
+
+        read_particles(cfg.particles, cfg.particles_pixel_size)
+    from ..pipeline import run_pipeline, three_line_summary
+    from ..report import write_report
+    from ..rundir import resumable_directory
 
     def bar(name: str, total: int | None):
         return progress(total, name, args.quiet, unit="step" if name == "train" else "img").update
 
-    outdir.mkdir(parents=True, exist_ok=True)
-    write_yaml(outdir / "config.yaml", resolved_options(args))  # first: an interrupted run can resume
-    summary = run_pipeline(cfg, outdir, generator, progress=bar)
-    write_json(outdir / "run.json", run_info(command, None, args.seed))
-    write_report(outdir)
+    outdir = Path(args.outdir)
+    with resumable_directory(outdir, command, resolved_options(args), overwrite=args.overwrite,
+                             seed=args.seed):
+        summary = run_pipeline(cfg, outdir, generator, progress=bar, device=device)
+        write_report(outdir)
     for line in three_line_summary(summary, outdir):
         print(line)
+    for w in summary.warnings():
+        print(f"WARNING: {w}")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     return execute(args, "run")
-

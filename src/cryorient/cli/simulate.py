@@ -6,19 +6,14 @@ import argparse
 import math
 from pathlib import Path
 
-from ..ctf import CTFSampling
-from ..density import DensityOptions, check_options
-from ..rundir import run_directory, write_json
-from ..simulate.noise import snr_to_db
-from ..simulate.run import run_simulation
-from ..simulate.simulator import SimulationConfig
-from ..structure import DEFAULT_STRUCTURE
+from ..config import DEFAULT_STRUCTURE, CTFSampling, DensityConfig, SimulationConfig
 from .common import (
     HelpFormatter,
     add_run_options,
     parse_chains,
+    parse_positive,
     parse_range,
-    parse_ratio,
+    parse_snr,
     progress,
     setup,
 )
@@ -32,6 +27,7 @@ EXAMPLES = """examples:
   cryorient simulate --structure map.mrc --tilt-max-deg 72 --orientation-sampling euler \\
       --noise-variance 16 --outdir runs/seed_like
 """
+_D, _S, _C = DensityConfig(), SimulationConfig(), CTFSampling()
 
 
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
@@ -54,46 +50,52 @@ def add_simulation_options(p) -> None:
     g = p.add_argument_group("structure")
     g.add_argument("--structure", default=DEFAULT_STRUCTURE,
                    help="bundled name (see 'cryorient structures') or PDB/mmCIF/MRC path")
-    g.add_argument("--box-size", type=int, default=64, help="box size in pixels (even)")
-    g.add_argument("--pixel-size", type=float, default=2.5, help="pixel size in Å")
-    g.add_argument("--resolution", type=float, default=None,
+    g.add_argument("--box-size", type=int, default=_D.box, help="box size in pixels (even)")
+    g.add_argument("--pixel-size", type=parse_positive, default=None,
+                   help=f"pixel size in Å (default {_D.pixel_size}); with --particles, only for RELION 3.0 "
+                        "STAR files that lack one")
+    g.add_argument("--resolution", type=parse_positive, default=_D.resolution,
                    help="band limit of the density in Å (default 2.5 x pixel size)")
     g.add_argument("--keep-ligands", action="store_true", help="keep ligands (waters are dropped)")
-    g.add_argument("--chains", type=parse_chains, default=None,
+    g.add_argument("--chains", type=parse_chains, default=_D.chains,
                    help="keep only these chains of an atomic model, e.g. A,B,C,D,E")
     g = p.add_argument_group("particles")
-    g.add_argument("--n-particles", type=int, default=5000, help="number of particles")
-    g.add_argument("--snr", type=parse_ratio, default=1 / 16,
+    g.add_argument("--n-particles", type=int, default=_S.n_particles, help="number of particles")
+    g.add_argument("--snr", type=parse_snr, default=_S.snr,
                    help="signal-to-noise ratio (e.g. 0.0625, 1/16; inf = no noise)")
-    g.add_argument("--noise-variance", type=float, default=None,
+    g.add_argument("--noise-variance", type=float, default=_S.noise_variance,
                    help="absolute noise variance sigma^2 instead of --snr (the seed's levels)")
-    g.add_argument("--max-shift-px", type=float, default=4.0, help="maximum shift in pixels (0 = none)")
-    g.add_argument("--shift-distribution", choices=("uniform", "gaussian"), default="uniform",
+    g.add_argument("--max-shift-px", type=float, default=_S.max_shift_px,
+                   help="maximum shift in pixels (0 = none)")
+    g.add_argument("--shift-distribution", choices=("uniform", "gaussian"), default=_S.shift_distribution,
                    help="uniform in the disc of radius max, or Gaussian (sigma = max/2) clipped")
     g = p.add_argument_group("orientations (RELION angles, degrees)")
-    g.add_argument("--orientation-sampling", choices=("so3", "euler"), default="so3",
+    g.add_argument("--orientation-sampling", choices=("so3", "euler"), default=_S.orientation_mode,
                    help="so3: uniform on SO(3) (restricted to the ranges); euler: each angle uniform")
-    g.add_argument("--tilt-max-deg", type=float, default=180.0, help="maximum tilt (seed: 72)")
-    g.add_argument("--tilt-min-deg", type=float, default=0.0, help="minimum tilt")
-    g.add_argument("--rot-range-deg", type=parse_range, default=(-180.0, 180.0), help="rot range lo,hi")
-    g.add_argument("--psi-range-deg", type=parse_range, default=(-180.0, 180.0), help="psi range lo,hi")
+    g.add_argument("--tilt-max-deg", type=float, default=_S.tilt_range_deg[1], help="maximum tilt (seed: 72)")
+    g.add_argument("--tilt-min-deg", type=float, default=_S.tilt_range_deg[0], help="minimum tilt")
+    g.add_argument("--rot-range-deg", type=parse_range, default=_S.rot_range_deg, help="rot range lo,hi")
+    g.add_argument("--psi-range-deg", type=parse_range, default=_S.psi_range_deg, help="psi range lo,hi")
     g = p.add_argument_group("CTF (off unless --ctf)")
     g.add_argument("--ctf", action="store_true", help="apply a CTF")
-    g.add_argument("--defocus-range-um", type=parse_range, default=(1.0, 2.5),
+    g.add_argument("--defocus-range-um", type=parse_range,
+                   default=(_C.defocus_min_angstrom / 1e4, _C.defocus_max_angstrom / 1e4),
                    help="defocus range in µm (underfocus positive)")
-    g.add_argument("--astigmatism-um", type=float, default=0.05,
+    g.add_argument("--astigmatism-um", type=float, default=_C.astigmatism_angstrom / 1e4,
                    help="maximum astigmatism |dU - dV| / 2 in µm")
-    g.add_argument("--voltage", type=float, default=300.0, help="voltage in kV")
-    g.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm")
-    g.add_argument("--amplitude-contrast", type=float, default=0.1, help="amplitude contrast")
+    g.add_argument("--voltage", type=float, default=_C.voltage_kv, help="voltage in kV")
+    g.add_argument("--cs", type=float, default=_C.cs_mm, help="spherical aberration in mm")
+    g.add_argument("--amplitude-contrast", type=float, default=_C.amplitude_contrast,
+                   help="amplitude contrast")
     g.add_argument("--phase-flip", action="store_true", help="apply sign(CTF) instead of the CTF")
-    g.add_argument("--batch-size", type=int, default=256, help="images per batch")
+    g.add_argument("--batch-size", type=int, default=_S.batch_size, help="images per batch")
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[DensityOptions, SimulationConfig]:
-    density = DensityOptions(box=args.box_size, pixel_size=args.pixel_size,
-                             resolution=args.resolution, keep_ligands=args.keep_ligands,
-                             chains=args.chains)
+def config_from_args(args: argparse.Namespace) -> tuple[DensityConfig, SimulationConfig]:
+    density = DensityConfig(box=args.box_size,
+                            pixel_size=args.pixel_size if args.pixel_size is not None else _D.pixel_size,
+                            resolution=args.resolution, keep_ligands=args.keep_ligands,
+                            chains=args.chains)
     ctf = CTFSampling(defocus_min_angstrom=args.defocus_range_um[0] * 1e4,
                       defocus_max_angstrom=args.defocus_range_um[1] * 1e4,
                       astigmatism_angstrom=args.astigmatism_um * 1e4, voltage_kv=args.voltage,
@@ -110,9 +112,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[DensityOptions, Simulati
 
 def run(args: argparse.Namespace) -> int:
     generator = setup(args)
-    density, cfg = config_from_args(args)
-    cfg.validate()
-    check_options(density)  # validate before creating the run directory
+    density, cfg = config_from_args(args)  # validated before the run directory exists
+    from ..imaging.noise import snr_to_db
+    from ..rundir import run_directory, write_json
+    from ..simulate.run import run_simulation
+
     config = {"structure": args.structure, "density": density, "simulation": cfg}
     outdir = Path(args.outdir)
     with run_directory(outdir, "simulate", config, overwrite=args.overwrite, seed=args.seed) as stage:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..structure import DEFAULT_STRUCTURE, bundled_structures, structure_info
+from ..config import DEFAULT_STRUCTURE
 from .common import HelpFormatter
 
 
@@ -18,6 +18,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..structure import bundled_structures, structure_info
+
     print(f"{'name':<18} {'chains':>6} {'residues':>8} {'atoms':>6} {'diameter/Å':>10} {'extent/Å':>9}")
     for name, path in bundled_structures().items():
         info = structure_info(name, path)

@@ -1,11 +1,16 @@
 """Training data: projections of a reference made the way the particles were made.
 
-:class:`ImagingModel` captures what matters of a stack (box, pixel size, its CTF parameters,
-its SNR estimated from the images, its shift range); :class:`ReferenceSampler` renders
-batches of fresh projections of the reference on the fly (no overfitting to a fixed set),
-with orientation pairs balanced over the distance range, and re-draws an augmented copy of
-the reference every few batches so that a reference that differs from the particles
-(a moved domain, a lower resolution, missing or extra density) still works.
+:class:`ImagingModel` captures what matters of a stack, measured from its images and CTF
+parameters only (never from its recorded poses): box, pixel size, the CTF parameters, the
+SNR (background variance against the whole box) and the spread of the particles' offsets
+(the blur of the stack's average image relative to the reference's average projection).
+:class:`ReferenceSampler` renders batches of fresh projections of the reference at the
+network's input size (a Fourier-cropped copy of the volume: the same images as rendering at
+full size and cropping, at a fraction of the cost), with orientation pairs balanced over
+the distance range, and re-draws an augmented copy of the reference every few batches so
+that a reference that differs from the particles (a moved domain, a lower resolution,
+missing or extra density) still works. Its state (generator, the current augmented volume)
+is saved with training checkpoints, so a resumed run is the uninterrupted run, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from .. import so3
-from ..ctf import CTFParams
-from ..fourier import lowpass_volume
+from ..config import AugmentationConfig, ModelConfig
+from ..ctf import CTFParams, ctf_rfft
+from ..fourier import fourier_resize, fourier_resize_volume, lowpass_volume, rfft2_centered, rfft_freqs_2d
+from ..imaging.noise import estimate_snr, image_variances, sample_noise
+from ..imaging.projector import prepare_volume
+from ..imaging.render import render, sample_shifts
 from ..particles import ParticleStack
-from ..simulate.noise import estimate_snr, image_variances, sample_noise
-from ..simulate.projector import prepare_volume
-from ..simulate.simulator import render
-from .preprocess import prepare_inputs
+from .preprocess import prepare_inputs, resampled_box
+
+SHIFT_RANGE_PER_SIGMA = 2.25  # training shift range / measured per-axis spread of the offsets
 
 
 @dataclass(frozen=True)
@@ -36,45 +44,82 @@ class ImagingModel:
     ctf: CTFParams | None  # a pool of CTF parameters drawn with replacement
 
     def summary(self) -> dict:
-        return {"box": self.box, "pixel_size": self.pixel_size, "snr": self.snr,
-                "max_shift_px": self.max_shift_px, "ctf": self.ctf is not None}
+        """Everything about the imaging that shapes training (the model cache key uses it)."""
+        out = {"box": self.box, "pixel_size": round(self.pixel_size, 4), "snr": self.snr,
+               "max_shift_px": round(self.max_shift_px, 2), "ctf": self.ctf is not None}
+        if self.ctf is not None:
+            c = self.ctf
+            out["ctf_params"] = {
+                "voltage_kv": sorted({round(float(v), 2) for v in c.voltage_kv}),
+                "cs_mm": sorted({round(float(v), 3) for v in c.cs_mm}),
+                "amplitude_contrast": sorted({round(float(v), 3) for v in c.amplitude_contrast}),
+                "defocus_min_angstrom": round(float(torch.minimum(c.defocus_u_angstrom,
+                                                                  c.defocus_v_angstrom).min()), -1),
+                "defocus_max_angstrom": round(float(torch.maximum(c.defocus_u_angstrom,
+                                                                  c.defocus_v_angstrom).max()), -1)}
+        return out
 
 
-def imaging_from_stack(stack: ParticleStack, sample: int = 2000, generator: torch.Generator | None = None
-                       ) -> ImagingModel:
-    """The stack's imaging parameters; the SNR is estimated from a sample of its images
-    (:func:`cryorient.simulate.noise.estimate_snr`), the shift range is the largest recorded
-    origin (or a tenth of the box when the STAR has none)."""
+def estimate_shift_spread(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float,
+                          reference: torch.Tensor, resolution: float, generator: torch.Generator) -> float:
+    """Per-axis standard deviation (px) of the particles' offsets, from their images alone.
+
+    The average of many particles is the average projection of the object blurred by the
+    distribution of the offsets; the average projection comes from the reference (uniform
+    orientations, the same CTFs). Both averages are phase-flipped; the Gaussian blur that best
+    maps the reference's onto the stack's, below the reference's resolution, gives the spread."""
+    n, box = images.shape[0], images.shape[-1]
+    rot = so3.sample_rotations(n, generator)
+    clean = render(prepare_volume(reference), rot, None, ctf, pixel_size)
+
+    def average(x: torch.Tensor) -> torch.Tensor:
+        f = rfft2_centered(x.float())
+        if ctf is not None:
+            f = f * ctf_rfft(ctf, box, pixel_size, phase_flip=True, device=f.device)
+        return f.mean(0)
+
+    a, r = average(images), average(clean.to(images.device))
+    ky, kx = rfft_freqs_2d(box, device=a.device)
+    k2 = kx**2 + ky**2
+    sel = (k2 < min(0.15, 0.8 * pixel_size / resolution) ** 2) & (k2 > 0)
+    best = (math.inf, 0.0)
+    for s in torch.arange(0.0, box / 6, 0.1).tolist():
+        b = r[sel] * torch.exp(-2 * math.pi**2 * s**2 * k2[sel])
+        scale = (a[sel].conj() * b).real.sum() / (b.abs() ** 2).sum().clamp_min(1e-30)
+        err = float(((a[sel] - scale * b).abs() ** 2).sum())
+        if err < best[0]:
+            best = (err, s)
+    return best[1]
+
+
+def imaging_from_stack(stack: ParticleStack, reference: torch.Tensor, resolution: float, sample: int = 2000,
+                       generator: torch.Generator | None = None) -> ImagingModel:
+    """The stack's imaging parameters measured from a sample of its images (and its CTF
+    parameters); ``reference`` (on the stack's grid, band-limited at ``resolution`` Å) serves
+    the offset spread (:func:`estimate_shift_spread`). Reads no pose column."""
     g = generator or torch.Generator().manual_seed(0)
     idx = torch.randperm(stack.n, generator=g)[: min(sample, stack.n)].sort().values.numpy()
-    snr, _ = estimate_snr(stack.images.read(idx))
-    origins = stack.shifts_angstrom() / stack.pixel_size
-    max_shift = float(origins.norm(dim=1).max()) if bool(origins.abs().max() > 0) else stack.box / 10
-    return ImagingModel(stack.box, stack.pixel_size, snr, max_shift, stack.ctf())
+    images = stack.images.read(idx)
+    snr, _ = estimate_snr(images)
+    ctf = stack.ctf()
+    sub_ctf = ctf.subset(idx) if ctf is not None else None
+    sigma = estimate_shift_spread(images, sub_ctf, stack.pixel_size, reference, resolution, g)
+    max_shift = max(1.0, SHIFT_RANGE_PER_SIGMA * sigma)
+    return ImagingModel(stack.box, stack.pixel_size, snr, max_shift, ctf)
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """Random changes to the reference, re-drawn every ``refresh`` batches."""
-
-    enabled: bool = True
-    refresh: int = 8
-    deform_angstrom: float = 2.0  # RMS of a smooth random displacement field
-    lowpass_range_angstrom: tuple[float, float] = (0.0, 12.0)  # extra low-pass, 0 = none
-    blobs: int = 3  # small densities removed or added (missing loops, extra density)
-    blob_radius_angstrom: float = 5.0
-
-
-def augment_volume(volume: torch.Tensor, pixel_size: float, aug: Augmentation,
+def augment_volume(volume: torch.Tensor, pixel_size: float, aug: AugmentationConfig,
                    generator: torch.Generator) -> torch.Tensor:
-    """A randomly perturbed copy of ``volume`` (smooth deformation, low-pass, blobs)."""
+    """A randomly perturbed copy of ``volume`` (smooth deformation, low-pass, blobs); random
+    numbers are drawn on the CPU (the same on every device), the volume stays where it is."""
     box = volume.shape[-1]
+    dev = volume.device
     vol = volume
     if aug.deform_angstrom > 0:
-        field = torch.randn(3, box // 8, box // 8, box // 8, generator=generator)
+        field = torch.randn(3, box // 8, box // 8, box // 8, generator=generator).to(dev)
         field = F.interpolate(field[None], size=(box, box, box), mode="trilinear", align_corners=True)[0]
         field = field / field.std().clamp_min(1e-6) * (aug.deform_angstrom / pixel_size)
-        c = torch.linspace(-1, 1, box)
+        c = torch.linspace(-1, 1, box, device=dev)
         zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
         grid = torch.stack([xx, yy, zz], dim=-1) + field.permute(1, 2, 3, 0) * (2 / (box - 1))
         vol = F.grid_sample(vol[None, None], grid[None], mode="bilinear", align_corners=True)[0, 0]
@@ -84,10 +129,10 @@ def augment_volume(volume: torch.Tensor, pixel_size: float, aug: Augmentation,
     if res > 2 * pixel_size:
         vol = lowpass_volume(vol, pixel_size / res)
     if aug.blobs:
-        mass = vol.clamp_min(0)
+        mass = vol.clamp_min(0).cpu()
         idx = torch.multinomial(mass.flatten() / mass.sum(), aug.blobs, generator=generator)
-        centres = torch.stack([idx // (box * box), (idx // box) % box, idx % box], dim=1).float()
-        c = torch.arange(box, dtype=torch.float32)
+        centres = torch.stack([idx // (box * box), (idx // box) % box, idx % box], dim=1).float().to(dev)
+        c = torch.arange(box, dtype=torch.float32, device=dev)
         zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
         sigma = aug.blob_radius_angstrom / pixel_size
         level = float(vol.max()) * 0.5
@@ -115,26 +160,46 @@ def balanced_orientations(m: int, generator: torch.Generator) -> tuple[torch.Ten
 
 
 class ReferenceSampler:
-    """Batches of preprocessed training images of a reference with their true rotations."""
+    """Batches of preprocessed training images of a reference with their true rotations.
 
-    def __init__(self, volume: torch.Tensor, imaging: ImagingModel, input_size: int,
-                 input_pixel_size: float, phase_flip: bool, aug: Augmentation,
-                 generator: torch.Generator):
-        self.volume = volume
+    Images are rendered at the network's input sampling (``resampled_box`` px at the input
+    pixel size) from a Fourier-cropped copy of the (augmented) reference, with CTFs drawn
+    from the stack's, shifts in the measured range, and white noise at the stack's SNR
+    referred to the full box (cropping a white-noise image to ``s`` of ``D`` px divides its
+    variance by ``(D / s)^2``; the signal's scale between the two renderings is calibrated
+    once). ``batch(m, snr_factor)`` multiplies the SNR (a curriculum starts above 1)."""
+
+    def __init__(self, volume: torch.Tensor, imaging: ImagingModel, model: ModelConfig,
+                 aug: AugmentationConfig, generator: torch.Generator, device=None):
+        self.volume = volume.to(device)
         self.imaging = imaging
-        self.input_size, self.input_pixel_size, self.phase_flip = input_size, input_pixel_size, phase_flip
+        self.model = model
         self.aug = aug
         self.generator = generator
+        self.device = device
         self.calls = 0
-        self.prepared = prepare_volume(volume)
-        self.signal_variance = self._signal_variance()
+        self.small = resampled_box(imaging.box, imaging.pixel_size, model.input_pixel_size)
+        self.small_px = imaging.pixel_size * imaging.box / self.small
+        self.augmented = self.volume
+        self.prepared = self._prepare(self.volume)
+        self.noise_variance = self._noise_variance()
 
-    def _signal_variance(self) -> float:
+    def _prepare(self, volume: torch.Tensor):
+        return prepare_volume(fourier_resize_volume(volume, self.small))
+
+    def _noise_variance(self) -> float:
+        """Noise variance at the input sampling for the stack's SNR (see the class docstring)."""
         g = torch.Generator().manual_seed(12345)
         rot = so3.sample_rotations(256, g)
         ctf = self._ctf(256, g)
-        clean = render(self.prepared, rot, torch.zeros(256, 2), ctf, self.imaging.pixel_size)
-        return float(image_variances(clean).mean())
+        full = render(prepare_volume(self.volume), rot, None, ctf, self.imaging.pixel_size)
+        small = render(self.prepared, rot, None, ctf, self.small_px)
+        if not math.isfinite(self.imaging.snr):
+            return 0.0
+        full_noise = float(image_variances(full).mean()) / max(self.imaging.snr, 1e-6)
+        scale2 = float(image_variances(small).mean()) / float(image_variances(
+            fourier_resize(full, self.small)).mean())
+        return full_noise * scale2 * (self.small / self.imaging.box) ** 2
 
     def _ctf(self, m: int, g: torch.Generator) -> CTFParams | None:
         pool = self.imaging.ctf
@@ -143,27 +208,31 @@ class ReferenceSampler:
         return pool.subset(torch.randint(0, len(pool), (m,), generator=g))
 
     def state(self) -> dict:
-        return {"generator": self.generator.get_state(), "calls": self.calls}
+        return {"generator": self.generator.get_state(), "calls": self.calls,
+                "augmented": self.augmented.detach().cpu().clone()}
 
     def load_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.calls = int(state["calls"])
+        self.augmented = state["augmented"].to(self.device)
+        self.prepared = self._prepare(self.augmented)
 
-    def batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, m: int, snr_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(inputs (m, S, S), rotations (m, 3, 3), designed distances (m // 2,))``."""
         g = self.generator
         if self.aug.enabled and self.calls % self.aug.refresh == 0:
-            self.prepared = prepare_volume(augment_volume(self.volume, self.imaging.pixel_size, self.aug, g))
+            self.augmented = augment_volume(self.volume, self.imaging.pixel_size, self.aug, g)
+            self.prepared = self._prepare(self.augmented)
         self.calls += 1
         rot, d = balanced_orientations(m, g)
-        r = self.imaging.max_shift_px * torch.sqrt(torch.rand(m, generator=g))
-        t = 2 * math.pi * torch.rand(m, generator=g)
-        shifts = torch.stack([r * torch.cos(t), r * torch.sin(t)], dim=1)
+        shifts = sample_shifts(m, self.imaging.max_shift_px, g) * (self.small / self.imaging.box)
         ctf = self._ctf(m, g)
-        clean = render(self.prepared, rot, shifts, ctf, self.imaging.pixel_size)
-        if math.isfinite(self.imaging.snr):
-            variance = self.signal_variance / max(self.imaging.snr, 1e-6)
-            clean = clean + sample_noise(clean.shape, variance, g)
-        inputs = prepare_inputs(clean, self.imaging.pixel_size, ctf, self.input_size,
-                                self.input_pixel_size, self.phase_flip)
+        images = render(self.prepared, rot.to(self.device), shifts, ctf, self.small_px)
+        if self.noise_variance > 0:
+            variance = self.noise_variance / snr_factor
+            images = images + sample_noise(images.shape, variance, g, device=images.device)
+        m_cfg = self.model
+        inputs = prepare_inputs(images, self.small_px, ctf, m_cfg.input_size, m_cfg.input_pixel_size,
+                                m_cfg.phase_flip)
         return inputs, rot, d
+

@@ -3,46 +3,35 @@ distances for any pairs from them, and nearest neighbours in the embedding."""
 
 from __future__ import annotations
 
-import importlib.resources
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import CryorientError
+from ..imaging.batches import stack_batches
 from ..particles import ParticleStack
 from .model import SiameseDistance
 from .preprocess import check_compatible, prepare_inputs
 from .train import load_model
 
-LIBRARY_MODEL = "library.pt"
-
-
-def shipped_model_path() -> Path:
-    path = Path(str(importlib.resources.files("cryorient") / "data" / "models" / LIBRARY_MODEL))
-    if not path.is_file():
-        raise CryorientError("no library model ships with cryorient yet (docs/model.md): give --reference "
-                             "MODEL to train one for this stack, or model:PATH / --model PATH")
-    return path
-
 
 @torch.no_grad()
 def embed_stack(model: SiameseDistance, stack: ParticleStack, batch_size: int = 512,
                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Embeddings ``(N, E)`` of every particle (memory linear in N, images read in batches)."""
+    """Embeddings ``(N, E)`` of every particle (memory linear in N, images read in batches),
+    computed on the model's device, returned on the CPU."""
     cfg = model.config
     check_compatible(stack.box, stack.pixel_size, cfg.input_size, cfg.input_pixel_size)
-    ctf = stack.ctf()
+    device = next(model.parameters()).device
     out = []
     model.eval()
-    for idx, images in stack.images.batches(batch_size):
-        t = torch.as_tensor(idx)
-        x = prepare_inputs(images, stack.pixel_size, ctf.subset(t) if ctf is not None else None,
-                           cfg.input_size, cfg.input_pixel_size, cfg.phase_flip)
-        out.append(model.embed(x))
+    for b in stack_batches(stack, batch_size, device=device):
+        x = prepare_inputs(b.images, stack.pixel_size, b.ctf, cfg.input_size, cfg.input_pixel_size,
+                           cfg.phase_flip)
+        out.append(model.embed(x).cpu())
         if progress is not None:
-            progress(len(idx))
+            progress(len(b.indices))
     return torch.cat(out)
 
 
@@ -76,12 +65,12 @@ def nearest_neighbours(model: SiameseDistance, embeddings: torch.Tensor, k: int,
     return out
 
 
-def model_source(stack: ParticleStack, path: str | None, neighbours: int = 0, batch_size: int = 512,
-                 progress: Callable[[int], None] | None = None
+def model_source(stack: ParticleStack, path: str | Path, neighbours: int = 0, batch_size: int = 512,
+                 progress: Callable[[int], None] | None = None, device=None
                  ) -> tuple[ModelDistances, torch.Tensor | None]:
-    """The model distance source for ``stack`` (the shipped library model when ``path`` is
-    None) and, if asked, each particle's nearest neighbours in the embedding."""
-    model = load_model(path if path else shipped_model_path())
+    """The distance source of the model at ``path`` for ``stack`` and, if asked, each particle's
+    nearest neighbours in the embedding."""
+    model = load_model(path).to(device)
     emb = embed_stack(model, stack, batch_size, progress)
     nn = nearest_neighbours(model, emb, neighbours) if neighbours > 0 else None
     return ModelDistances(model, emb), nn

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..ctf import CTFParams, ctf_rfft
 from ..errors import CryorientError
-from ..fourier import irfft2_centered, rfft2_centered
+from ..fourier import fourier_resize, irfft2_centered, rfft2_centered
 
 
 def resampled_box(box: int, pixel_size: float, input_pixel_size: float) -> int:
@@ -31,23 +31,6 @@ def check_compatible(box: int, pixel_size: float, input_size: int, input_pixel_s
         )
 
 
-def _fourier_resize(images: torch.Tensor, new_box: int) -> torch.Tensor:
-    """Resample images to ``new_box`` px by cropping or zero-padding their centred spectrum
-    (the pixel size changes by ``box / new_box``; the mean is preserved)."""
-    box = images.shape[-1]
-    if new_box == box:
-        return images
-    spec = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(images, dim=(-2, -1))), dim=(-2, -1))
-    if new_box < box:
-        lo = box // 2 - new_box // 2
-        spec = spec[..., lo:lo + new_box, lo:lo + new_box]
-    else:
-        p = new_box // 2 - box // 2
-        spec = F.pad(spec, [p, new_box - box - p, p, new_box - box - p])
-    out = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(spec, dim=(-2, -1))), dim=(-2, -1))
-    return out.real * (new_box / box) ** 2
-
-
 def _crop_or_pad(images: torch.Tensor, size: int) -> torch.Tensor:
     box = images.shape[-1]
     if box == size:
@@ -65,8 +48,9 @@ def prepare_inputs(images: torch.Tensor, pixel_size: float, ctf: CTFParams | Non
     box = images.shape[-1]
     x = images.float()
     if phase_flip and ctf is not None:
-        x = irfft2_centered(rfft2_centered(x) * ctf_rfft(ctf, box, pixel_size, phase_flip=True), box)
-    x = _fourier_resize(x, resampled_box(box, pixel_size, input_pixel_size))
+        flip = ctf_rfft(ctf, box, pixel_size, phase_flip=True, device=x.device)
+        x = irfft2_centered(rfft2_centered(x) * flip, box)
+    x = fourier_resize(x, resampled_box(box, pixel_size, input_pixel_size))
     x = _crop_or_pad(x, input_size)
     x = x - x.mean(dim=(-2, -1), keepdim=True)
     return x / x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)

@@ -1,4 +1,4 @@
-"""Training the Siamese distance on projections of a reference (or of several structures).
+"""Training the Siamese distance on projections of a reference.
 
 Every step renders a fresh batch (``ReferenceSampler``) and embeds it once. Two objectives:
 
@@ -13,10 +13,19 @@ Every step renders a fresh batch (``ReferenceSampler``) and embeds it once. Two 
   folded map (validation MAE 0.43 rad after 2000 steps, clean images) where the pose
   objective keeps improving (0.18 rad).
 
-An epoch is ``steps_per_epoch`` steps; after each, a checkpoint (model, optimiser, schedule,
-data generator) is written atomically, so ``--resume`` continues an interrupted run losing at
-most one epoch. Under ``torchrun`` the same code runs DistributedDataParallel (gloo on CPU),
-each rank drawing its own data; rank 0 writes.
+How long: epoch by epoch (``steps_per_epoch`` steps each), until the validation loss stops
+improving (the learning rate halves after ``patience`` epochs without a 1% gain, training
+stops after ``stop_patience``), the wall-time budget ``minutes`` is spent, or
+``max_epochs``; the first epochs train at a higher SNR (a curriculum down to the stack's).
+The decisions depend on the validation history only (a budget stop aside), so the same seed
+gives the same model. After each epoch a checkpoint (model, optimiser, schedule, data
+generator and augmented reference) is written atomically: a resumed run continues exactly
+where the interrupted one stopped. Under ``torchrun`` the same code runs
+DistributedDataParallel (gloo on CPU, NCCL on GPUs), each rank drawing its own data; rank 0
+decides and writes.
+
+Speed (docs/model.md has the profile): images are rendered at the network's input sampling,
+the network runs channels-last and, where the hardware has it, in bfloat16 autocast.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,51 +45,24 @@ import torch
 import torch.distributed as dist
 
 from .. import plots
+from ..config import ModelConfig, TrainConfig
 from ..errors import CryorientError
-from ..io import atomic_output, load_checkpoint, save_checkpoint
+from ..io import load_checkpoint, save_checkpoint
 from ..so3 import rotmat_distance
-from .data import Augmentation, ReferenceSampler
-from .model import ModelConfig, SiameseDistance, count_parameters
+from .data import ImagingModel, ReferenceSampler
+from .model import SiameseDistance, count_parameters
 
 log = logging.getLogger(__name__)
 MODEL_KIND = "distance-model"
 CHECKPOINT_KIND = "distance-training"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    steps_per_epoch: int = 100
-    batch_size: int = 128  # images per step (all their pairs are scored)
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    loss: str = "l1"  # l1 (the seed's) or l2
-    objective: str = "pose"  # pose (rotation head, reference frame) or pairs (the seed's)
-    val_size: int = 384
-    model: ModelConfig = field(default_factory=ModelConfig)
-    augmentation: Augmentation = field(default_factory=Augmentation)
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.steps_per_epoch < 1:
-            raise CryorientError(f"epochs and steps per epoch must be >= 1, got {self.epochs}, "
-                                 f"{self.steps_per_epoch}")
-        if self.batch_size < 4:
-            raise CryorientError(f"batch size must be >= 4, got {self.batch_size}")
-        if self.loss not in ("l1", "l2"):
-            raise CryorientError(f"unknown loss {self.loss!r}; use l1 or l2")
-        if self.objective not in ("pose", "pairs"):
-            raise CryorientError(f"unknown objective {self.objective!r}; use pose or pairs")
-        if self.objective == "pose" and self.model.head != "rotation":
-            raise CryorientError("the pose objective needs the rotation head (use --objective pairs "
-                                 "with --head cosine)")
-        self.model.validate()
+MODEL_FORMAT = 2  # bumped when a model's meaning changes (part of the cache key)
 
 
 def batch_loss(model, inputs: torch.Tensor, rot: torch.Tensor, designed: torch.Tensor,
                cfg: TrainConfig) -> torch.Tensor:
     """The training loss of one batch (see the module docstring for the two objectives)."""
     net = model.module if hasattr(model, "module") else model
-    raw = model(inputs)  # through DDP when distributed, so gradients are synchronised
+    raw = model(inputs).float()  # through DDP when distributed, so gradients are synchronised
     if cfg.objective == "pose":
         # chordal loss on the head's raw 3x3 output (before the SVD): smooth, and measured to
         # leave the initial plateau sooner than the geodesic loss
@@ -93,19 +75,25 @@ def batch_loss(model, inputs: torch.Tensor, rot: torch.Tensor, designed: torch.T
 
     m = inputs.shape[0]
     half = designed.shape[0]
-    first = torch.arange(half)
+    first = torch.arange(half, device=emb.device)
     d_designed = net.distance(emb[first], emb[first + (m - half)])
-    i, j = torch.triu_indices(m, m, offset=1)
+    i, j = torch.triu_indices(m, m, offset=1, device=emb.device)
     return f(d_designed - designed) + f(net.distance(emb[i], emb[j]) - rotmat_distance(rot[i], rot[j]))
 
 
 @torch.no_grad()
-def evaluate_pairs(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tensor) -> dict:
-    """Distance errors on a validation batch: all pairs, and pairs closer than 0.5 / 1 rad."""
+def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tensor, objective: str) -> dict:
+    """Errors on a validation batch. Pair distances (all pairs, and pairs closer than 0.5 / 1
+    rad; the overlap of each image's 5 nearest neighbours by prediction and by truth); with
+    the pose objective, each image's predicted orientation against its true one (median,
+    fraction within 15 degrees); ``val_loss`` (the mean pose error, or the pair MAE) drives the
+    schedule."""
+    was_training = model.training
     model.eval()
-    emb = torch.cat([model.embed(inputs[k:k + 256]) for k in range(0, inputs.shape[0], 256)])
-    model.train()
-    i, j = torch.triu_indices(inputs.shape[0], inputs.shape[0], offset=1)
+    emb = torch.cat([model.embed(inputs[k:k + 256]).float() for k in range(0, inputs.shape[0], 256)])
+    model.train(was_training)
+    n = inputs.shape[0]
+    i, j = torch.triu_indices(n, n, offset=1, device=emb.device)
     pred = model.distance(emb[i], emb[j])
     true = rotmat_distance(rot[i], rot[j])
     err = (pred - true).abs()
@@ -113,8 +101,7 @@ def evaluate_pairs(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     for cut in (0.5, 1.0):
         sel = true < cut
         out[f"val_mae_below_{cut}"] = float(err[sel].mean()) if bool(sel.any()) else float("nan")
-    # how many of each image's 5 nearest neighbours (by prediction) are true neighbours (top 5)
-    dm_pred = torch.full((inputs.shape[0],) * 2, math.inf)
+    dm_pred = torch.full((n, n), math.inf, device=emb.device)
     dm_true = torch.full_like(dm_pred, math.inf)
     dm_pred[i, j] = pred
     dm_pred[j, i] = pred
@@ -122,8 +109,16 @@ def evaluate_pairs(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     dm_true[j, i] = true
     nn_pred = dm_pred.topk(5, largest=False).indices
     nn_true = dm_true.topk(5, largest=False).indices
-    hits = (nn_pred[:, :, None] == nn_true[:, None, :]).any(-1).float().mean()
-    out["val_knn5_overlap"] = float(hits)
+    out["val_knn5_overlap"] = float((nn_pred[:, :, None] == nn_true[:, None, :]).any(-1).float().mean())
+    if objective == "pose":
+        pose_err = rotmat_distance(emb.view(-1, 3, 3), rot)
+        out["val_median_deg"] = float(torch.rad2deg(pose_err.median()))
+        out["val_within_15deg"] = float((pose_err < math.radians(15)).float().mean())
+        out["val_loss"] = float(pose_err.mean())
+    else:
+        out["val_median_deg"] = float(torch.rad2deg(err.median()))
+        out["val_within_15deg"] = float((err < math.radians(15)).float().mean())
+        out["val_loss"] = out["val_mae"]
     return out
 
 
@@ -131,14 +126,14 @@ def init_distributed() -> tuple[int, int]:
     """``(rank, world size)``; under torchrun, joins the gloo process group (once)."""
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         if not dist.is_initialized():
-            dist.init_process_group("gloo")
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def model_payload(model: SiameseDistance, summary: dict) -> dict:
     net = model.module if hasattr(model, "module") else model
-    return {"kind": MODEL_KIND, "config": net.config.to_dict(), "state_dict": net.state_dict(),
+    return {"kind": MODEL_KIND, "config": asdict(net.config), "state_dict": net.state_dict(),
             "summary": json.loads(json.dumps(summary))}
 
 
@@ -159,129 +154,243 @@ def load_model(path: str | Path) -> SiameseDistance:
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """bfloat16 autocast: asked for, or ``auto`` on hardware with native bf16 (a CUDA GPU that
+    supports it; a CPU with AVX512-BF16 or AMX, where it measured 2.6x faster than fp32)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How training went (``model.pt`` holds the weights and this summary)."""
+
+    model_path: Path
+    epochs: int
+    steps: int
+    seconds: float
+    stopped_by: str  # plateau | budget | max_epochs
+    final: dict  # validation metrics of the last epoch
+    weak: bool  # the validation says the model cannot be trusted
+    history: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        out = {"epochs": self.epochs, "steps": self.steps, "seconds": round(self.seconds, 1),
+               "stopped_by": self.stopped_by, "weak": self.weak}
+        for k in ("val_mae", "val_median_deg", "val_within_15deg"):
+            if k in self.final:
+                out[k] = self.final[k]
+        return out
+
+    def warning(self, threshold_deg: float) -> str | None:
+        if not self.weak:
+            return None
+        return (f"the distance model is too weak to trust: validation median error "
+                f"{self.final.get('val_median_deg', math.nan):.0f}° (above {threshold_deg:.0f}°) after "
+                f"{self.epochs} epochs; give it more time (a larger time budget), check that the "
+                "reference matches the particles, or use a lower-resolution input")
+
+
+@dataclass
+class _Schedule:
+    """Learning-rate and stopping decisions from the validation history (checkpointed)."""
+
+    lr_scale: float = 1.0
+    best: float = math.inf
+    since_best: int = 0
+    since_decay: int = 0
+
+    def update(self, value: float, patience: int) -> None:
+        if value < self.best * 0.99:
+            self.best, self.since_best, self.since_decay = value, 0, 0
+        else:
+            self.since_best += 1
+            self.since_decay += 1
+            if self.since_decay >= patience:
+                self.lr_scale *= 0.5
+                self.since_decay = 0
+
+
+def curriculum_factor(epoch: int, cfg: TrainConfig) -> float:
+    """SNR multiplier of ``epoch`` (0-based): ``curriculum_snr_factor`` falling geometrically
+    to 1 at epoch ``curriculum_epochs - 1``."""
+    if cfg.curriculum_epochs <= 1 or epoch >= cfg.curriculum_epochs - 1:
+        return 1.0
+    t = epoch / (cfg.curriculum_epochs - 1)
+    return float(cfg.curriculum_snr_factor ** (1 - t))
+
+
 def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val: Batch, outdir: Path,
-          resume: bool = False, seed: int = 0, summary: dict | None = None,
-          progress: Callable[[int], None] | None = None) -> dict:
+          resume: bool = False, seed: int = 0, summary: dict | None = None, init: Path | None = None,
+          device=None, progress: Callable[[int], None] | None = None) -> TrainResult:
     """Train a distance model into ``outdir`` (``model.pt``, ``checkpoint.pt``, ``metrics.jsonl``,
     figures). ``make_sampler(rank)`` builds each rank's data source; ``val`` is a fixed
-    validation batch ``(inputs, rotations)``."""
-    cfg.validate()
+    validation batch ``(inputs, rotations)``; ``init`` starts from a trained model's weights
+    (fine-tuning)."""
     rank, world = init_distributed()
+    device = torch.device(device) if device is not None else torch.device("cpu")
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = SiameseDistance(cfg.model)
+    if init is not None:
+        start = load_model(init)
+        if start.config != cfg.model:
+            c = start.config
+            raise CryorientError(f"{Path(init).name} was trained with another network or input "
+                                 f"({c.input_size} px at {c.input_pixel_size:.3g} Å/px); fine-tuning needs "
+                                 "the same")
+        model.load_state_dict(start.state_dict())
+    model = model.to(device)
     sampler = make_sampler(rank)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * cfg.steps_per_epoch
-    warmup = max(1, total // 20)
-
-    def schedule(step: int) -> float:  # linear warm-up, cosine decay; a longer resumed run stretches it
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    start_epoch, history = 0, []
+    schedule = _Schedule()
+    start_epoch, history, elapsed = 0, [], 0.0
     ckpt_path = outdir / "checkpoint.pt"
     if resume:
         if not ckpt_path.is_file():
-            raise CryorientError(f"--resume: no checkpoint.pt in {outdir}; start without --resume")
+            raise CryorientError(f"no checkpoint.pt in {outdir} to resume from")
         state = load_checkpoint(ckpt_path, CHECKPOINT_KIND)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        schedule = _Schedule(**json.loads(state["schedule"]))
         sampler.load_state(state["samplers"][rank] if rank < len(state["samplers"]) else state["samplers"][0])
         start_epoch, history = int(state["epoch"]), list(json.loads(state["history"]))
+        elapsed = float(state["elapsed"])
         log.info("resuming after epoch %d", start_epoch)
         if progress is not None and rank == 0:
             progress(start_epoch * cfg.steps_per_epoch)
     net = model
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
+    bf16 = use_bf16(cfg.precision, device)
+    val = (val[0].to(device), val[1].to(device))
     model.train()
-    log.info("training %s/%s model (%d parameters) for %d epochs x %d steps, %d rank(s)",
-             cfg.model.encoder, cfg.model.head, count_parameters(net), cfg.epochs, cfg.steps_per_epoch, world)
-    for epoch in range(start_epoch, cfg.epochs):
+    log.info("training %s/%s model (%d parameters) on %s%s: up to %d epochs x %d steps%s, %d rank(s)",
+             cfg.model.encoder, cfg.model.head, count_parameters(net), device.type, " (bf16)" if bf16 else "",
+             cfg.max_epochs, cfg.steps_per_epoch,
+             f" or {cfg.minutes:g} min" if cfg.minutes is not None else "", world)
+    stopped_by = "max_epochs"
+    epoch = start_epoch
+    while epoch < cfg.max_epochs:
         t0 = time.perf_counter()
+        factor = curriculum_factor(epoch, cfg)
         losses = []
-        for _ in range(cfg.steps_per_epoch):
-            inputs, rot, designed = sampler.batch(cfg.batch_size)
-            loss = batch_loss(model, inputs, rot, designed, cfg)
+        for k in range(cfg.steps_per_epoch):
+            step = epoch * cfg.steps_per_epoch + k
+            warm = min(1.0, (step + 1) / cfg.warmup_steps) if init is None else 1.0
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * schedule.lr_scale * warm
+            inputs, rot, designed = sampler.batch(cfg.batch_size, factor)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = batch_loss(model, inputs, rot.to(device), designed.to(device), cfg)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            sched.step()
             losses.append(float(loss.detach()))
             if progress is not None and rank == 0:
                 progress(1)
+        epoch += 1
+        elapsed += time.perf_counter() - t0
         samplers = [sampler.state()]
         if world > 1:
             gathered = [None] * world
             dist.all_gather_object(gathered, sampler.state())
             samplers = gathered
+        decision = [None]
         if rank == 0:
-            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                      "lr": float(sched.get_last_lr()[0]), "seconds": round(time.perf_counter() - t0, 2),
-                      **evaluate_pairs(net, *val)}
+            metrics = evaluate_model(net, *val, cfg.objective)
+            schedule.update(metrics["val_loss"], cfg.patience)
+            record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "snr_factor": factor,
+                      "lr": cfg.lr * schedule.lr_scale, "seconds": round(time.perf_counter() - t0, 2),
+                      **metrics}
             history.append(record)
             with open(outdir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             save_checkpoint(ckpt_path, {"kind": CHECKPOINT_KIND, "model": net.state_dict(),
-                                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                        "samplers": samplers, "epoch": epoch + 1,
-                                        "history": json.dumps(history)})
-            log.info("epoch %d/%d: loss %.4f, val MAE %.3f rad (%.3f below 0.5 rad), %.0f s", epoch + 1,
-                     cfg.epochs, record["train_loss"], record["val_mae"], record["val_mae_below_0.5"],
-                     record["seconds"])
+                                        "optimizer": opt.state_dict(), "samplers": samplers,
+                                        "schedule": json.dumps(asdict(schedule)), "epoch": epoch,
+                                        "elapsed": elapsed, "history": json.dumps(history)})
+            log.info("epoch %d: loss %.4f, validation median %.1f° (%.0f%% within 15°), MAE %.3f rad, "
+                     "%.0f s", epoch, record["train_loss"], record.get("val_median_deg", math.nan),
+                     100 * record.get("val_within_15deg", math.nan), record["val_mae"], record["seconds"])
+            if factor == 1.0 and schedule.since_best >= cfg.stop_patience:
+                decision[0] = "plateau"
+            elif cfg.minutes is not None and elapsed >= 60 * cfg.minutes:
+                decision[0] = "budget"
+        if world > 1:
+            dist.broadcast_object_list(decision, src=0)
+        if decision[0] is not None:
+            stopped_by = decision[0]
+            break
     in_sync = True
     if world > 1:  # DDP keeps replicas identical; check it rather than assume it
-        checksum = torch.stack([p.detach().double().sum() for p in net.parameters()]).sum().reshape(1)
+        checksum = torch.stack([p.detach().double().sum() for p in net.parameters()]).sum().reshape(1).cpu()
         sums = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
         dist.all_gather(sums, checksum)
         in_sync = all(bool(torch.equal(sums[0], t)) for t in sums)
         dist.barrier()
     final = history[-1] if history else {}
+    weak = bool(final) and final.get("val_median_deg", 0.0) > cfg.weak_median_deg
+    result = TrainResult(outdir / "model.pt", epoch, epoch * cfg.steps_per_epoch, elapsed, stopped_by, final,
+                         weak, history)
     if rank == 0:
-        info = {**(summary or {}), "epochs": cfg.epochs, "final": final, "world_size": world,
+        info = {**(summary or {}), **result.summary(), "final": final, "world_size": world,
                 "ranks_in_sync": in_sync, "train_config": json.loads(json.dumps(asdict(cfg)))}
-        save_checkpoint(outdir / "model.pt", model_payload(net, info))
+        save_checkpoint(outdir / "model.pt", model_payload(net.cpu(), info))
+        net.to(device)
         write_training_figures(net, history, val, outdir / "figures")
-    return final
+        if weak:
+            log.warning("%s", result.warning(cfg.weak_median_deg))
+    return result
 
 
-def train_on_reference(volume: torch.Tensor, imaging, cfg: TrainConfig, outdir: Path, resume: bool = False,
-                       seed: int = 0, summary: dict | None = None,
-                       progress: Callable[[int], None] | None = None) -> dict:
+def train_on_reference(volume: torch.Tensor, imaging: ImagingModel, cfg: TrainConfig, outdir: Path,
+                       resume: bool = False, seed: int = 0, summary: dict | None = None,
+                       init: Path | None = None, device=None,
+                       progress: Callable[[int], None] | None = None) -> TrainResult:
     """Train on projections of ``volume`` made with ``imaging`` (see :class:`ReferenceSampler`);
-    every rank draws its own data, the validation batch is fixed by the seed."""
-    m = cfg.model
+    every rank draws its own data, the validation batch (at the stack's SNR, no augmentation)
+    is fixed by the seed."""
 
     def make_sampler(rank: int) -> ReferenceSampler:
-        return ReferenceSampler(volume, imaging, m.input_size, m.input_pixel_size, m.phase_flip,
-                                cfg.augmentation, torch.Generator().manual_seed(seed * 1000 + rank + 1))
+        return ReferenceSampler(volume, imaging, cfg.model, cfg.augmentation,
+                                torch.Generator().manual_seed(seed * 1000 + rank + 1), device)
 
-    val = ReferenceSampler(volume, imaging, m.input_size, m.input_pixel_size, m.phase_flip,
-                           Augmentation(enabled=False), torch.Generator().manual_seed(seed * 1000 + 999))
+    val = ReferenceSampler(volume, imaging, cfg.model, replace(cfg.augmentation, enabled=False),
+                           torch.Generator().manual_seed(seed * 1000 + 999), device)
     inputs, rot, _ = val.batch(cfg.val_size)
     return train(cfg, make_sampler, (inputs, rot), outdir, resume=resume, seed=seed, summary=summary,
-                 progress=progress)
+                 init=init, device=device, progress=progress)
 
 
 def write_training_figures(model: SiameseDistance, history: list[dict], val: Batch, figs: Path) -> None:
+    """Training curves (loss, validation median error and MAE per epoch), predicted vs true
+    distances of the validation pairs, their error by distance, and (pose head) the
+    validation images' orientation errors."""
     figs.mkdir(exist_ok=True)
     if history:
         ep = np.array([h["epoch"] for h in history])
+
         def col(key: str) -> np.ndarray:
-            return np.array([h[key] for h in history])
+            return np.array([h.get(key, np.nan) for h in history])
 
         plots.curves([("train loss", ep, col("train_loss")), ("validation MAE (rad)", ep, col("val_mae")),
-                      ("validation MAE, d < 0.5 rad", ep, col("val_mae_below_0.5"))],
+                      ("validation median error (rad)", ep, np.deg2rad(col("val_median_deg")))],
                      figs / "loss.png", "epoch", "loss / error", title="Distance training")
     with torch.no_grad():
         model.eval()
-        emb = torch.cat([model.embed(val[0][k:k + 256]) for k in range(0, val[0].shape[0], 256)])
+        emb = torch.cat([model.embed(val[0][k:k + 256]).float()
+                         for k in range(0, val[0].shape[0], 256)]).cpu()
+    rot = val[1].cpu()
     i, j = torch.triu_indices(emb.shape[0], emb.shape[0], offset=1)
     pred = model.distance(emb[i], emb[j]).numpy()
-    true = rotmat_distance(val[1][i], val[1][j]).numpy()
+    true = rotmat_distance(rot[i], rot[j]).numpy()
     plots.hist2d(true, pred, figs / "predicted_vs_true.png", "true distance (rad)",
                  "predicted distance (rad)", title="Validation pairs")
     bins = np.linspace(0, np.pi, 13)
@@ -293,8 +402,9 @@ def write_training_figures(model: SiameseDistance, history: list[dict], val: Bat
     plots.curves([("mean |error|", centres, mae), ("mean error (bias)", centres, bias)],
                  figs / "error_by_distance.png", "true distance (rad)", "error (rad)",
                  title="Distance error by distance bin", hlines=[(0.0, "")])
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
+    if model.config.head == "rotation" and emb.shape[1] == 9:
+        pose = np.rad2deg(rotmat_distance(emb.view(-1, 3, 3), rot).numpy())
+        med = float(np.median(pose))
+        plots.histogram([("validation images", pose)], figs / "pose_error.png",
+                        "predicted vs true orientation (degrees)", title="Validation orientation error",
+                        markers=[(med, f"median {med:.1f}°"), (15.0, "15°")])

@@ -23,31 +23,21 @@ import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import roma
 import torch
 import torch.nn.functional as F
 
-from ..ctf import CTFParams, ctf_rfft
+from ..config import AmbiguityConfig
+from ..ctf import CTFParams, ctf_rfft, subset
+from ..fourier import fourier_resize
+from ..imaging.align import half_maps, rotation_step
+from ..imaging.batches import tensor_batches
+from ..imaging.render import render
+from ..imaging.translation import translation
 from ..so3 import quat_to_rotmat, rotmat_distance, sample_uniform_quats
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AmbiguityOptions:
-    n_images: int = 2000  # images used for the common-lines score
-    coarse_pairs: int = 6000  # pairs for the coarse search
-    n_pairs: int = 40000  # pairs for re-scoring and refinement
-    n_angles: int = 360  # line angles over [0, pi) for the fine search
-    coarse_angles: int = 45  # the coarse correlation table (4 deg)
-    n_candidates: int = 8000  # coarse candidates per branch (~9 deg apart)
-    radius_min: float = 2.0  # px (Fourier radius)
-    coarse_radius_fraction: float = 0.125  # of the box: smooth lines for the coarse search
-    fine_radius_fraction: float = 0.25  # of the box: radii weighted by their measured SNR
-    rescore_top: int = 24  # coarse winners re-scored per branch on all pairs
-    refine_top: int = 2  # of which the best are refined per branch
-    twin_exclusion_deg: float = 15.0
-    polish_images: int = 1500  # images for the reprojection polish of E (0: no polish)
 
 
 @dataclass(frozen=True)
@@ -211,7 +201,7 @@ def _distinct(cands: torch.Tensor, order: torch.Tensor, count: int, min_deg: flo
     return picked
 
 
-def resolve(rotations: torch.Tensor, images: torch.Tensor, opts: AmbiguityOptions,
+def resolve(rotations: torch.Tensor, images: torch.Tensor, opts: AmbiguityConfig,
             generator: torch.Generator, ctf: CTFParams | None = None, pixel_size: float = 1.0
             ) -> AmbiguityResult:
     """Choose the branch and right factor of ``rotations (N, 3, 3)`` from the images.
@@ -280,13 +270,6 @@ def apply(rotations: torch.Tensor, transposed: bool, right_factor: torch.Tensor)
     return base @ right_factor.to(rotations.dtype)
 
 
-def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Normalised cross-correlation of image pairs ``(B, S, S)``."""
-    a = a - a.mean(dim=(-2, -1), keepdim=True)
-    b = b - b.mean(dim=(-2, -1), keepdim=True)
-    return (a * b).sum((-2, -1)) / (a.norm(dim=(-2, -1)) * b.norm(dim=(-2, -1))).clamp_min(1e-12)
-
-
 def refine_right_factor(rotations: torch.Tensor, images: torch.Tensor, generator: torch.Generator,
                         ctf: CTFParams | None = None, pixel_size: float = 1.0, size: int = 32,
                         rounds: int = 4, steps: int = 20, lr_deg: float = 0.5) -> torch.Tensor:
@@ -298,43 +281,26 @@ def refine_right_factor(rotations: torch.Tensor, images: torch.Tensor, generator
     image out of the map it is compared with. Images are downsampled to ``size`` px, shifts
     re-estimated each round by cross-correlation. Returns ``delta`` (3, 3): use
     ``rotations @ delta``."""
-    from ..fourier import fourier_crop
-    from ..reconstruct.backproject import FourierAccumulator, finalize, insert_images
-    from ..reconstruct.shifts import translation
-    from ..simulate.projector import prepare_volume
-    from ..simulate.simulator import render
-
     box = images.shape[-1]
     s = min(size, box - box % 2)
-    imgs = fourier_crop(images.float(), s) if s < box else images.float()
+    imgs = fourier_resize(images.float(), s)
     px = pixel_size * box / s
     m = imgs.shape[0]
-    perm = torch.randperm(m, generator=generator)
+    perm = torch.randperm(m, generator=generator).numpy()
     halves = (perm[: m // 2], perm[m // 2:])
+    which = np.zeros(m, dtype=np.int64)
+    which[halves[0]] = 1  # each half is compared with the other half's map
     delta = torch.eye(3)
     origins = torch.zeros(m, 2)
 
-    def ctf_of(idx):
-        return ctf.subset(idx) if ctf is not None else None
+    def read(idx: np.ndarray):
+        return tensor_batches(imgs, ctf, m, idx)
 
     for _ in range(rounds):
         rot = rotations @ delta
-        maps = []
-        for h in halves:
-            acc = FourierAccumulator.empty(s)
-            insert_images(acc, imgs[h], rot[h], origins[h], ctf_of(h), px)
-            maps.append(prepare_volume(finalize(acc, 0.05)))
+        maps = half_maps(read, halves, rot, origins, px, s)
         for k, h in enumerate(halves):  # shifts against the other half's map
-            ref = render(maps[1 - k], rot[h], torch.zeros(len(h), 2), ctf_of(h), px)
+            ref = render(maps[1 - k], rot[h], None, subset(ctf, h), px)
             origins[h] = -translation(imgs[h], ref, s / 6)
-        w = torch.zeros(3, requires_grad=True)
-        opt = torch.optim.Adam([w], lr=math.radians(lr_deg))
-        for _ in range(steps):
-            r = rot @ roma.rotvec_to_rotmat(w)
-            score = sum(_ncc(imgs[h], render(maps[1 - k], r[h], -origins[h], ctf_of(h), px)).mean()
-                        for k, h in enumerate(halves))
-            opt.zero_grad()
-            (-score).backward()
-            opt.step()
-        delta = delta @ roma.rotvec_to_rotmat(w.detach())
+        delta = delta @ rotation_step(imgs, ctf, maps, which, rot, origins, px, steps, lr_deg, shared=True)
     return delta

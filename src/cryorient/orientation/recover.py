@@ -28,36 +28,12 @@ import numpy as np
 import roma
 import torch
 
+from ..config import RecoveryConfig
 from ..errors import CryorientError
 from ..so3 import canonical_quat, geodesic_distance, normalize_quat, sample_uniform_quats
 from .pairs import PairSet
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RecoveryOptions:
-    restarts: int = 2
-    grid_size: int = 16384  # SO(3) samples for multilateration (~7 deg apart)
-    optimizer: str = "gauss-newton"  # or adam (the seed's choice; slower, see bench/recover.py)
-    max_steps: int = 2000
-    lr: float = 0.03
-    min_lr: float = 3e-4
-    patience: int = 30  # steps without 0.1% improvement before the learning rate is halved
-    loss: str = "l2"  # l2 (the seed's L_OR) or huber (robust)
-    huber_delta: float = 0.1  # radians
-    cutoff: float | None = None  # ignore pairs whose target exceeds this (radians)
-    batch_pairs: int = 4_000_000  # pairs per step above which steps use random batches
-
-    def validate(self) -> None:
-        if self.restarts < 1:
-            raise CryorientError(f"restarts must be >= 1, got {self.restarts}")
-        if self.optimizer not in ("gauss-newton", "adam"):
-            raise CryorientError(f"unknown optimizer {self.optimizer!r}; use gauss-newton or adam")
-        if self.loss not in ("l2", "huber"):
-            raise CryorientError(f"unknown loss {self.loss!r}; use l2 or huber")
-        if self.cutoff is not None and not (0 < self.cutoff <= math.pi):
-            raise CryorientError(f"cutoff must be in (0, pi], got {self.cutoff}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +45,7 @@ class RecoveryResult:
     init_loss: float  # L_OR after multilateration, before the global refinement
 
 
-def residual_loss(res: torch.Tensor, opts: RecoveryOptions) -> torch.Tensor:
+def residual_loss(res: torch.Tensor, opts: RecoveryConfig) -> torch.Tensor:
     if opts.loss == "huber":
         return torch.nn.functional.huber_loss(res, torch.zeros_like(res), delta=opts.huber_delta,
                                               reduction="mean")
@@ -244,14 +220,14 @@ def initialise(pairs: PairSet, grid: torch.Tensor, anchors_order: torch.Tensor) 
     return q
 
 
-def _selected(pairs: PairSet, opts: RecoveryOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _selected(pairs: PairSet, opts: RecoveryConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if opts.cutoff is None:
         return pairs.i, pairs.j, pairs.d
     sel = pairs.d <= opts.cutoff
     return pairs.i[sel], pairs.j[sel], pairs.d[sel]
 
 
-def refine_gauss_newton(q0: torch.Tensor, pairs: PairSet, opts: RecoveryOptions,
+def refine_gauss_newton(q0: torch.Tensor, pairs: PairSet, opts: RecoveryConfig,
                         progress: Callable[[int], None] | None = None
                         ) -> tuple[torch.Tensor, list[float]]:
     """Damped block-Jacobi Gauss-Newton on all pairs (IRLS for the Huber loss).
@@ -267,7 +243,7 @@ def refine_gauss_newton(q0: torch.Tensor, pairs: PairSet, opts: RecoveryOptions,
     return _gauss_newton(q0, pi, pj, pd, opts.max_steps, huber_delta=delta, progress=progress)
 
 
-def refine_adam(q0: torch.Tensor, pairs: PairSet, opts: RecoveryOptions, generator: torch.Generator,
+def refine_adam(q0: torch.Tensor, pairs: PairSet, opts: RecoveryConfig, generator: torch.Generator,
                 progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list[float]]:
     """Adam on all pairs with renormalised quaternions and plateau learning-rate halving."""
     pi, pj, pd = _selected(pairs, opts)
@@ -305,10 +281,9 @@ def refine_adam(q0: torch.Tensor, pairs: PairSet, opts: RecoveryOptions, generat
     return p.detach(), history
 
 
-def recover(pairs: PairSet, opts: RecoveryOptions, generator: torch.Generator,
+def recover(pairs: PairSet, opts: RecoveryConfig, generator: torch.Generator,
             progress: Callable[[int], None] | None = None) -> RecoveryResult:
     """Quaternions for ``pairs.n`` particles from the target distances of ``pairs``."""
-    opts.validate()
     if not torch.isfinite(pairs.d).all():
         raise CryorientError("target distances contain NaN or infinite values")
     if pairs.anchors.numel() < 4:

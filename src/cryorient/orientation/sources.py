@@ -21,8 +21,10 @@ from typing import Protocol
 
 import torch
 
+from ..config import parse_distance_source
 from ..errors import CryorientError
-from ..fourier import fourier_crop
+from ..evaluation import Truth
+from ..fourier import fourier_resize
 from ..particles import ParticleStack
 from ..so3 import geodesic_distance, rotmat_to_quat
 
@@ -88,40 +90,24 @@ def euclidean_features(stack: ParticleStack, size: int = 32, batch_size: int = 5
     size = min(size, stack.box - stack.box % 2)
     feats = []
     for _, imgs in stack.images.batches(batch_size):
-        small = fourier_crop(imgs, size) if size < stack.box else imgs
+        small = fourier_resize(imgs, size) if size < stack.box else imgs
         small = (small - small.mean(dim=(-2, -1), keepdim=True)) / small.std(dim=(-2, -1), keepdim=True
                                                                             ).clamp_min(1e-12)
         feats.append(small.flatten(1))
     return torch.cat(feats)
 
 
-def parse_source(spec: str) -> tuple[str, str | None]:
-    """``"perturbed:0.2"`` -> ``("perturbed", "0.2")``; validates the kind."""
-    kind, _, arg = spec.partition(":")
-    if kind not in ("true", "perturbed", "euclidean", "model"):
-        raise CryorientError(f"unknown distance source {spec!r}; use true, perturbed:S, euclidean or "
-                             "model[:PATH]")
-    if kind == "perturbed":
-        try:
-            sigma = float(arg)
-        except ValueError:
-            raise CryorientError(f"perturbed needs a noise level in radians, e.g. perturbed:0.2, "
-                                 f"got {spec!r}") from None
-        if not (sigma >= 0 and math.isfinite(sigma)):
-            raise CryorientError(f"perturbation must be a finite number >= 0, got {sigma}")
-    elif kind in ("true", "euclidean") and arg:
-        raise CryorientError(f"{kind} takes no argument, got {spec!r}")
-    return kind, (arg or None)
-
-
-def make_source(spec: str, stack: ParticleStack, generator: torch.Generator) -> DistanceSource:
-    """The distance source named by ``spec`` for ``stack`` (``model`` is built elsewhere)."""
-    kind, arg = parse_source(spec)
+def make_source(spec: str, stack: ParticleStack, generator: torch.Generator, truth: Truth | None = None
+                ) -> DistanceSource:
+    """The distance source named by ``spec`` for ``stack`` (``model`` is built by
+    :func:`cryorient.distance.predict.model_source`). ``true`` and ``perturbed`` are benchmark
+    baselines: they read the truth, which the caller passes explicitly."""
+    kind, arg = parse_distance_source(spec)
     if kind in ("true", "perturbed"):
-        if not stack.has_orientations():
-            raise CryorientError(f"--distances {kind} needs the true orientations, but the STAR file "
+        if truth is None:
+            raise CryorientError(f"{kind} distances need the true orientations, but the STAR file "
                                  "has no rlnAngleRot/Tilt/Psi columns")
-        q = rotmat_to_quat(stack.rotations())
+        q = rotmat_to_quat(truth.rotations)
         return TrueDistances(q) if kind == "true" else PerturbedDistances(q, float(arg), generator)
     if kind == "euclidean":
         return EuclideanDistances(euclidean_features(stack))

@@ -12,24 +12,23 @@ import numpy as np
 import torch
 
 from .. import plots
+from ..config import ReconstructConfig
 from ..density import match_grid
 from ..errors import CryorientError
+from ..imaging.accumulator import backproject, half_accumulators
+from ..imaging.batches import stack_batches
 from ..io import atomic_output, read_mrc, write_mrc
 from ..particles import ParticleStack
-from .backproject import DEFAULT_WIENER, FourierAccumulator, finalize, insert_images
-from .fsc import Resolution, fsc, lowpass_to_resolution, resolution_at, shell_frequencies, soft_sphere_mask
+from ..volumes import (
+    Resolution,
+    fsc,
+    lowpass_to_resolution,
+    resolution_at,
+    shell_frequencies,
+    soft_sphere_mask,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReconstructOptions:
-    halves: bool = True
-    wiener: float = DEFAULT_WIENER
-    batch_size: int = 256
-    use_ctf: bool = True
-    mask: str = "sphere"  # FSC mask: sphere or none
-    lowpass: bool = False  # low-pass the final map at the half-map resolution
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,14 @@ def load_reference(path: str | Path, box: int, pixel_size: float) -> torch.Tenso
     return match_grid(data, voxel, box, pixel_size)
 
 
-def reconstruct(stack: ParticleStack, rotations: torch.Tensor, opts: ReconstructOptions,
-                generator: torch.Generator, reference: torch.Tensor | None = None,
-                progress: Callable[[int], None] | None = None) -> ReconstructionResult:
+def reconstruct(stack: ParticleStack, rotations: torch.Tensor, opts: ReconstructConfig,
+                reference: torch.Tensor | None = None, progress: Callable[[int], None] | None = None,
+                generator: torch.Generator | None = None, device=None) -> ReconstructionResult:
     """Reconstruct ``stack`` with ``rotations (N, 3, 3)`` and the stack's origins (and CTF).
 
-    With ``opts.halves`` the particles are split at random into two halves, each
-    reconstructed; the full map is the sum of both accumulators (no extra insertion).
-    """
+    With ``opts.halves`` the half sets are the stack's (``rlnRandomSubset``; drawn with
+    ``generator`` when the STAR has none), each reconstructed; the full map is the sum of both
+    accumulators (no extra insertion)."""
     n = stack.n
     if rotations.shape != (n, 3, 3):
         raise CryorientError(f"{rotations.shape[0]} orientations for {n} images; they must match")
@@ -80,30 +79,25 @@ def reconstruct(stack: ParticleStack, rotations: torch.Tensor, opts: Reconstruct
     if opts.halves and n < 2:
         raise CryorientError(f"half maps need at least 2 particles, the stack has {n}")
     origins_px = stack.shifts_angstrom() / stack.pixel_size
-    ctf = stack.ctf() if opts.use_ctf else None
+    if not opts.use_ctf:
+        stack = stack.without_ctf()
 
-    def accumulate(indices: np.ndarray) -> FourierAccumulator:
-        acc = FourierAccumulator.empty(stack.box)
-        for idx, images in stack.images.batches(opts.batch_size, indices):
-            t = torch.as_tensor(idx)
-            insert_images(acc, images, rotations[t], origins_px[t],
-                          ctf.subset(t) if ctf is not None else None, stack.pixel_size)
-            if progress is not None:
-                progress(len(idx))
-        return acc
+    def read(indices: np.ndarray):
+        return stack_batches(stack, opts.batch_size, indices, device=device)
 
     mask = soft_sphere_mask(stack.box) if opts.mask == "sphere" else None
+    px = stack.pixel_size
     if opts.halves:
-        perm = torch.randperm(n, generator=generator).numpy()
-        halves = (np.sort(perm[: n // 2]), np.sort(perm[n // 2:]))
-        acc1, acc2 = accumulate(halves[0]), accumulate(halves[1])
-        h1, h2 = finalize(acc1, opts.wiener), finalize(acc2, opts.wiener)
-        volume = finalize(acc1 + acc2, opts.wiener)
+        halves = stack.with_half_sets(generator or torch.Generator().manual_seed(0)).half_sets()
+        acc1, acc2 = half_accumulators(read, halves, rotations, origins_px, px, stack.box, progress, device)
+        h1, h2 = acc1.finalize(opts.wiener).cpu(), acc2.finalize(opts.wiener).cpu()
+        volume = (acc1 + acc2).finalize(opts.wiener).cpu()
         curve = fsc(h1, h2, mask)
-        res = resolution_at(curve, stack.box, stack.pixel_size, 0.143)
+        res = resolution_at(curve, stack.box, px, 0.143)
         half_maps = (h1, h2)
     else:
-        volume = finalize(accumulate(np.arange(n)), opts.wiener)
+        volume = backproject(read(np.arange(n)), rotations, origins_px, px, stack.box, progress,
+                             device).finalize(opts.wiener).cpu()
         curve, res, half_maps = None, None, None
     if opts.lowpass and res is not None:
         volume = lowpass_to_resolution(volume, stack.pixel_size, res.angstrom)

@@ -12,17 +12,12 @@ from pathlib import Path
 import torch
 
 from .. import plots
-from ..density import DensityOptions, load_volume
+from ..config import DensityConfig, SimulationConfig
+from ..density import load_volume
+from ..imaging.noise import snr_to_db
 from ..io import StackWriter, open_mrc_stack, write_mrc
 from ..particles import ImageStack, ParticleStack, write_particles
-from .noise import snr_to_db
-from .simulator import (
-    SimulatedParticles,
-    SimulationConfig,
-    particle_table,
-    simulate,
-    simulation_optics,
-)
+from .simulator import SimulatedParticles, particle_table, simulate, simulation_optics
 
 log = logging.getLogger(__name__)
 MONTAGE_SIZE = 8
@@ -37,7 +32,7 @@ class SimulationResult:
     metrics: dict
 
 
-def run_simulation(structure: str, density: DensityOptions, cfg: SimulationConfig,
+def run_simulation(structure: str, density: DensityConfig, cfg: SimulationConfig,
                    outdir: Path, generator: torch.Generator,
                    progress: Callable[[int], None] | None = None) -> SimulationResult:
     """Simulate a particle stack of ``structure`` into ``outdir``.
@@ -45,7 +40,6 @@ def run_simulation(structure: str, density: DensityOptions, cfg: SimulationConfi
     Writes ``volume.mrc`` (the ground truth), ``particles.mrcs`` (streamed batch by batch),
     ``particles.star`` (RELION 3.1), ``metrics.json``-ready numbers and two figures.
     """
-    cfg.validate()
     t0 = time.perf_counter()
     volume = load_volume(structure, density)
     px, box = density.pixel_size, density.box

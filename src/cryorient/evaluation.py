@@ -1,4 +1,7 @@
-"""Aligning recovered orientations to a reference (evaluation only; recovery never calls this).
+"""Evaluation against the truth: the only reader of the particles' true poses.
+
+Estimation stages see particle stacks without pose columns (:meth:`ParticleStack.blind`);
+the true poses (:class:`Truth`) come here, after the estimate is final.
 
 Physical alignment: the images cannot tell ``{R_i}`` from ``{G R_i}`` (a global rotation of
 the object) nor from ``{J R_i J}`` (the mirrored object), so recovered orientations are
@@ -18,8 +21,8 @@ import numpy as np
 import torch
 from roma import rotvec_to_rotmat
 
-from ..conventions import hand_matrix
-from ..so3 import project_to_so3, rotmat_angle, rotmat_distance
+from .conventions import hand_matrix
+from .so3 import project_to_so3, rotmat_angle, rotmat_distance
 
 
 @dataclass(frozen=True)
@@ -171,3 +174,66 @@ def evaluate(estimated: torch.Tensor, reference: torch.Tensor) -> Evaluation:
     e = estimated.double().transpose(-1, -2) if transposed else estimated.double()
     o4 = rotmat_distance(reference.double(), a @ e @ b)
     return Evaluation(al, aligned, angular_errors(aligned, reference), o4, transposed)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The true poses of a stack (its STAR's angles and origins), for evaluation."""
+
+    rotations: torch.Tensor  # (N, 3, 3)
+    origins_angstrom: torch.Tensor | None  # (N, 2), None when the STAR has no origins
+
+
+def truth_of(stack) -> Truth | None:
+    """The poses recorded in ``stack``'s STAR (None when it has no angles)."""
+    from .particles import ORIGIN_COLUMNS
+
+    if not stack.has_orientations():
+        return None
+    has_origins = all(c in stack.particles.columns for c in ORIGIN_COLUMNS)
+    return Truth(stack.rotations(), stack.shifts_angstrom() if has_origins else None)
+
+
+@dataclass(frozen=True)
+class PoseEvaluation:
+    """Estimated poses judged against the truth (see :func:`evaluate_poses`)."""
+
+    evaluation: Evaluation
+    shift_error_px: torch.Tensor | None  # (N,) |estimated - true origin| in pixels
+
+    def metrics(self) -> dict:
+        out = self.evaluation.metrics()
+        if self.shift_error_px is not None:
+            out["shift_error_px"] = {"median": float(self.shift_error_px.median()),
+                                     "mean": float(self.shift_error_px.mean())}
+        return out
+
+    @property
+    def median_deg(self) -> float:
+        return float(np.rad2deg(self.evaluation.errors["rotation"].median().item()))
+
+
+def evaluate_poses(rotations: torch.Tensor, origins_angstrom: torch.Tensor | None, truth: Truth,
+                   pixel_size: float) -> PoseEvaluation:
+    """Rotations after the physical alignment (and the O(4) diagnostic); origins as given
+    (they are frame-independent)."""
+    ev = evaluate(rotations, truth.rotations)
+    shift_err = None
+    if origins_angstrom is not None and truth.origins_angstrom is not None:
+        shift_err = (origins_angstrom - truth.origins_angstrom).norm(dim=1) / pixel_size
+    return PoseEvaluation(ev, shift_err)
+
+
+def write_evaluation_figures(ev: Evaluation, truth: Truth, figs, what: str = "recovered") -> None:
+    """The error histogram and the viewing directions, estimated (aligned) vs true."""
+    from . import plots
+
+    errs = {k: np.rad2deg(v.numpy()) for k, v in ev.errors.items()}
+    med = float(np.median(errs["rotation"]))
+    plots.histogram([("rotation", errs["rotation"]), ("viewing direction", errs["direction"]),
+                     ("in-plane", errs["in_plane"])], figs / "errors.png",
+                    "angular error after physical alignment (degrees)",
+                    title=f"{what.capitalize()} vs true orientations", markers=[(med, f"median {med:.2f}°")])
+    plots.viewing_directions([("true", truth.rotations), (f"{what} (aligned)", ev.aligned.float())],
+                             figs / "viewing_directions.png",
+                             title=f"Viewing directions: {what} (aligned) vs true")

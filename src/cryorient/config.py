@@ -1,0 +1,366 @@
+"""Every stage's configuration: the options, their defaults (stated here once) and their
+validation (on construction, so a config that exists is valid).
+
+This module imports neither torch nor numpy: the command line builds its parsers from these
+defaults and starts in well under a second. Messages name the quantity, not a command-line
+flag (the CLI words its own errors).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from .errors import CryorientError, require, require_positive
+
+DEFAULT_STRUCTURE = "3kpr_single"
+DEFAULT_WIENER = 0.005  # lambda / mean(sum CTF^2) of the direct Fourier inversion
+
+
+def _choice(value, literal, name: str) -> None:
+    options = get_args(literal)
+    if value not in options:
+        raise CryorientError(f"unknown {name} {value!r}; use {' or '.join(map(str, options))}")
+
+
+def _integer(value, name: str, minimum: int) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+        raise CryorientError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+# --- structures and simulation -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DensityConfig:
+    """How a structure becomes a density volume."""
+
+    box: int = 64
+    pixel_size: float = 2.5
+    resolution: float | None = None  # Å; default 2.5 px (0.8 of Nyquist)
+    keep_ligands: bool = False
+    chains: tuple[str, ...] | None = None  # keep only these chains of an atomic model
+
+    def __post_init__(self):
+        _integer(self.box, "box size", 16)
+        require(self.box % 2 == 0, f"box size must be even, got {self.box}")
+        require_positive(self.pixel_size, "pixel size")
+        res = require_positive(self.resolved_resolution(), "resolution")
+        require(res >= 2 * self.pixel_size - 1e-9,
+                f"resolution {res} Å is finer than Nyquist ({2 * self.pixel_size} Å) at pixel size "
+                f"{self.pixel_size} Å; use a resolution >= {2 * self.pixel_size} Å")
+
+    def resolved_resolution(self) -> float:
+        return self.resolution if self.resolution is not None else 2.5 * self.pixel_size
+
+
+@dataclass(frozen=True)
+class CTFSampling:
+    """How a simulation draws CTF parameters."""
+
+    defocus_min_angstrom: float = 10000.0
+    defocus_max_angstrom: float = 25000.0
+    astigmatism_angstrom: float = 500.0  # maximum |dU - dV| / 2
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.1
+
+    def __post_init__(self):
+        require(0 < self.defocus_min_angstrom <= self.defocus_max_angstrom,
+                "defocus range must satisfy 0 < min <= max (Å)")
+        require(self.astigmatism_angstrom >= 0, "astigmatism must be >= 0")
+        require_positive(self.voltage_kv, "voltage")
+        require(0 <= self.amplitude_contrast < 1, "amplitude contrast must be in [0, 1)")
+
+
+ShiftDistribution = Literal["uniform", "gaussian"]
+OrientationMode = Literal["so3", "euler"]
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What to simulate. Angles in degrees (RELION's rot, tilt, psi ranges)."""
+
+    n_particles: int = 5000
+    snr: float = 1 / 16  # inf: no noise
+    noise_variance: float | None = None  # absolute sigma^2 (the seed's levels); overrides snr
+    max_shift_px: float = 4.0
+    shift_distribution: ShiftDistribution = "uniform"  # in the disc, or gaussian (sigma = max / 2)
+    ctf: bool = False
+    ctf_sampling: CTFSampling = field(default_factory=CTFSampling)
+    phase_flip: bool = False
+    rot_range_deg: tuple[float, float] = (-180.0, 180.0)
+    tilt_range_deg: tuple[float, float] = (0.0, 180.0)
+    psi_range_deg: tuple[float, float] = (-180.0, 180.0)
+    orientation_mode: OrientationMode = "so3"
+    batch_size: int = 256
+
+    def __post_init__(self):
+        _integer(self.n_particles, "number of particles", 1)
+        if self.noise_variance is None:
+            check_snr(self.snr)
+        else:
+            require(self.noise_variance >= 0 and math.isfinite(self.noise_variance),
+                    f"noise variance must be >= 0, got {self.noise_variance}")
+        require(self.max_shift_px >= 0 and math.isfinite(self.max_shift_px),
+                f"maximum shift must be >= 0 px, got {self.max_shift_px}")
+        _choice(self.shift_distribution, ShiftDistribution, "shift distribution")
+        _choice(self.orientation_mode, OrientationMode, "orientation sampling mode")
+        lo, hi = self.tilt_range_deg
+        require(0.0 <= lo < hi <= 180.0,
+                f"tilt range must satisfy 0 <= min < max <= 180, got {self.tilt_range_deg}")
+        _integer(self.batch_size, "batch size", 1)
+
+
+SNR_MIN = 1e-4  # -40 dB: far below anything single particles are recorded at
+
+
+def check_snr(snr: float) -> float:
+    """An SNR as the simulator and the training data take it: a number in
+    ``[1e-4, inf]`` (inf = no noise)."""
+    v = require_positive(snr, "SNR", allow_inf=True)
+    require(v >= SNR_MIN, f"SNR {snr} is below {SNR_MIN} (-40 dB), where images hold no signal; "
+                          "give the SNR as a ratio, e.g. 1/16")
+    return v
+
+
+# --- the learned distance ------------------------------------------------------------------
+
+Encoder = Literal["small", "seed"]
+Head = Literal["rotation", "cosine"]
+Objective = Literal["pose", "pairs"]
+PairLoss = Literal["l1", "l2"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: Encoder = "small"  # small | seed (the original's 7-block encoder)
+    head: Head = "rotation"  # rotation | cosine (the original's)
+    width: int = 16  # channels of the first stage (small encoder)
+    embedding: int = 512  # feature size for the cosine head
+    input_size: int = 32  # px at the network input
+    input_pixel_size: float = 4.0  # Å/px at the network input
+    phase_flip: bool = True  # images are CTF phase-flipped before the network
+
+    def __post_init__(self):
+        _choice(self.encoder, Encoder, "encoder")
+        _choice(self.head, Head, "head")
+        _integer(self.width, "network width", 1)
+        require(self.input_size >= 16 and self.input_size % 2 == 0,
+                f"network input size must be even and >= 16, got {self.input_size}")
+        require_positive(self.input_pixel_size, "network input pixel size")
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Random changes to the reference, re-drawn every ``refresh`` batches."""
+
+    enabled: bool = True
+    refresh: int = 8
+    deform_angstrom: float = 2.0  # RMS of a smooth random displacement field
+    lowpass_range_angstrom: tuple[float, float] = (0.0, 12.0)  # extra low-pass, 0 = none
+    blobs: int = 3  # small densities removed or added (missing loops, extra density)
+    blob_radius_angstrom: float = 5.0
+
+    def __post_init__(self):
+        _integer(self.refresh, "augmentation refresh", 1)
+
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training runs epoch by epoch until the validation stops improving, the time budget is
+    spent or ``max_epochs`` is reached, whichever comes first."""
+
+    max_epochs: int = 200
+    minutes: float | None = 10.0  # wall-time budget (None: no limit)
+    steps_per_epoch: int = 100
+    batch_size: int = 128  # images per step (all their pairs are scored)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    patience: int = 3  # epochs without a 1% better validation before the learning rate halves
+    stop_patience: int = 8  # epochs without a 1% better validation before training stops
+    curriculum_snr_factor: float = 8.0  # the first epochs train at this multiple of the stack's SNR ...
+    curriculum_epochs: int = 6  # ... down to the stack's SNR over this many epochs (1: no curriculum)
+    loss: PairLoss = "l1"  # l1 (the seed's) or l2
+    objective: Objective = "pose"  # pose (rotation head, reference frame) or pairs (the seed's)
+    val_size: int = 384
+    weak_median_deg: float = 30.0  # a validation median pose error above this: the model is not trusted
+    precision: Precision = "auto"  # auto: bf16 where the hardware has it (GPU, AVX512-BF16/AMX CPU)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+    def __post_init__(self):
+        _integer(self.max_epochs, "epochs", 1)
+        if self.minutes is not None:
+            require_positive(self.minutes, "training time budget (minutes)")
+        _integer(self.steps_per_epoch, "steps per epoch", 1)
+        _integer(self.batch_size, "training batch size", 4)
+        require_positive(self.lr, "learning rate")
+        _integer(self.patience, "patience", 1)
+        _integer(self.stop_patience, "stop patience", 1)
+        require(self.curriculum_snr_factor >= 1, "the curriculum's SNR factor must be >= 1")
+        _integer(self.curriculum_epochs, "curriculum epochs", 1)
+        _choice(self.loss, PairLoss, "loss")
+        _choice(self.objective, Objective, "objective")
+        _choice(self.precision, Precision, "precision")
+        require(not (self.objective == "pose" and self.model.head != "rotation"),
+                "the pose objective needs the rotation head (the cosine head goes with the pairs "
+                "objective)")
+
+
+# --- orientation recovery ------------------------------------------------------------------
+
+Optimizer = Literal["gauss-newton", "adam"]
+RecoveryLoss = Literal["l2", "huber"]
+ShiftsMode = Literal["estimate", "zero"]
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    restarts: int = 2
+    grid_size: int = 16384  # SO(3) samples for multilateration (~7 deg apart)
+    optimizer: Optimizer = "gauss-newton"  # or adam (the seed's choice; slower, see bench/recover.py)
+    max_steps: int = 2000
+    lr: float = 0.03
+    min_lr: float = 3e-4
+    patience: int = 30  # steps without 0.1% improvement before the learning rate is halved
+    loss: RecoveryLoss = "l2"  # l2 (the seed's L_OR) or huber (robust)
+    huber_delta: float = 0.1  # radians
+    cutoff: float | None = None  # ignore pairs whose target exceeds this (radians)
+    batch_pairs: int = 4_000_000  # pairs per step above which steps use random batches
+
+    def __post_init__(self):
+        _integer(self.restarts, "restarts", 1)
+        _choice(self.optimizer, Optimizer, "optimizer")
+        _choice(self.loss, RecoveryLoss, "recovery loss")
+        require(self.cutoff is None or 0 < self.cutoff <= math.pi,
+                f"distance cutoff must be in (0, pi], got {self.cutoff}")
+
+
+@dataclass(frozen=True)
+class AmbiguityConfig:
+    n_images: int = 2000  # images used for the common-lines score
+    coarse_pairs: int = 6000  # pairs for the coarse search
+    n_pairs: int = 40000  # pairs for re-scoring and refinement
+    n_angles: int = 360  # line angles over [0, pi) for the fine search
+    coarse_angles: int = 45  # the coarse correlation table (4 deg)
+    n_candidates: int = 8000  # coarse candidates per branch (~9 deg apart)
+    radius_min: float = 2.0  # px (Fourier radius)
+    coarse_radius_fraction: float = 0.125  # of the box: smooth lines for the coarse search
+    fine_radius_fraction: float = 0.25  # of the box: radii weighted by their measured SNR
+    rescore_top: int = 24  # coarse winners re-scored per branch on all pairs
+    refine_top: int = 2  # of which the best are refined per branch
+    twin_exclusion_deg: float = 15.0
+    polish_images: int = 1500  # images for the reprojection polish of E (0: no polish)
+
+    def __post_init__(self):
+        _integer(self.n_images, "images for the ambiguity", 3)
+
+
+@dataclass(frozen=True)
+class LocalRefineConfig:
+    """Local refinement of orientations and origins against reprojections of half maps."""
+
+    rounds: int = 3
+    steps: int = 15
+    size: int = 48  # px: images and maps are downsampled to this (demo stack: 32 px 4.7°, 48 px 3.7°)
+    lr_deg: float = 1.0
+    lowpass_start: float = 0.2  # cycles/px of the downsampled grid in the first round ...
+    lowpass_end: float = 0.45  # ... and in the last
+    chunk: int = 1024
+
+    def __post_init__(self):
+        _integer(self.rounds, "local refinement rounds", 0)
+
+
+DISTANCE_SOURCES = ("model", "euclidean", "true", "perturbed")
+
+
+def parse_distance_source(spec: str) -> tuple[str, str | None]:
+    """``"perturbed:0.2"`` -> ``("perturbed", "0.2")``, ``"model:PATH"`` -> ``("model", PATH)``."""
+    kind, _, arg = spec.partition(":")
+    if kind not in DISTANCE_SOURCES:
+        raise CryorientError(f"unknown distance source {spec!r}; use model[:PATH], euclidean, or the "
+                             "truth-reading baselines true and perturbed:S")
+    if kind == "perturbed":
+        try:
+            sigma = float(arg)
+        except ValueError:
+            raise CryorientError(f"perturbed needs a noise level in radians, e.g. perturbed:0.2, "
+                                 f"got {spec!r}") from None
+        require(sigma >= 0 and math.isfinite(sigma),
+                f"perturbation must be a finite number >= 0, got {sigma}")
+    elif kind in ("true", "euclidean") and arg:
+        raise CryorientError(f"{kind} takes no argument, got {spec!r}")
+    return kind, (arg or None)
+
+
+@dataclass(frozen=True)
+class RecoverConfig:
+    distances: str = "model"  # model[:PATH] | euclidean | true | perturbed:S (the last two read the truth)
+    pairs_per_particle: int | None = None  # None: all pairs up to N=1000, else 128
+    n_anchors: int = 48
+    neighbours: int = 16  # nearest neighbours per particle in the model's embedding (model only)
+    shifts: ShiftsMode = "estimate"  # estimate (against reconstructions) | zero
+    shift_iterations: int = 3
+    refine: LocalRefineConfig = field(default_factory=LocalRefineConfig)  # rounds 0: the method only
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    ambiguity: AmbiguityConfig = field(default_factory=AmbiguityConfig)
+
+    def __post_init__(self):
+        parse_distance_source(self.distances)
+        if self.pairs_per_particle is not None:
+            _integer(self.pairs_per_particle, "pairs per particle", 1)
+        _integer(self.n_anchors, "anchors", 5)
+        _integer(self.neighbours, "neighbours", 0)
+        _choice(self.shifts, ShiftsMode, "shifts mode")
+
+
+# --- reconstruction ------------------------------------------------------------------------
+
+FSCMask = Literal["sphere", "none"]
+
+
+@dataclass(frozen=True)
+class ReconstructConfig:
+    halves: bool = True
+    wiener: float = DEFAULT_WIENER
+    batch_size: int = 256
+    use_ctf: bool = True
+    mask: FSCMask = "sphere"  # FSC mask: sphere or none
+    lowpass: bool = False  # low-pass the final map at the half-map resolution
+
+    def __post_init__(self):
+        require_positive(self.wiener, "Wiener constant")
+        _integer(self.batch_size, "batch size", 1)
+        _choice(self.mask, FSCMask, "FSC mask")
+
+
+# --- the whole pipeline --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    particles: str | None = None  # a RELION particle STAR; None: simulate
+    particles_pixel_size: float | None = None  # for RELION 3.0 STAR files without one
+    structure: str = DEFAULT_STRUCTURE
+    density: DensityConfig = field(default_factory=DensityConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    reference: str | None = None  # train a model on this structure/map
+    reference_chains: tuple[str, ...] | None = None
+    model: str | None = None  # an existing model.pt (overrides reference)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    recover: RecoverConfig = field(default_factory=RecoverConfig)
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
+    truth_map: str | None = None  # ground-truth map for the FSC (simulations use their own)
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.reference is not None or self.model is not None,
+                "a run needs a reference structure or map to train on, or a trained model; no library "
+                "model ships with cryorient")

@@ -1,0 +1,130 @@
+"""Orientations refined against reprojections of half maps (local, by gradient ascent).
+
+Each round reconstructs two half maps from the current orientations and origins, low-passes
+them (a wide basin first, finer later), then moves every particle's orientation by the small
+rotation ``exp(w_i)`` that maximises the normalised cross-correlation between its image and
+the CTF-modulated, shifted reprojection of the *other* half's map (half sets keep an image
+out of the map it is compared with), by Adam on ``w`` through the differentiable Fourier-slice
+projector; then re-estimates origins by cross-correlation. Images are downsampled to ``size``
+px (the information at these SNRs is at low resolution), streamed in chunks (memory bounded),
+and CTF-corrected as in reconstruction.
+
+:func:`rotation_step` is the common core: it also polishes one rotation shared by all
+particles (``shared=True``), which is how the orientation stage polishes the common right
+factor left by its common-lines search.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import roma
+import torch
+
+from ..config import LocalRefineConfig
+from ..ctf import CTFParams, subset
+from ..fourier import lowpass_images, lowpass_volume
+from ..particles import ParticleStack
+from .accumulator import half_accumulators
+from .batches import Batch, stack_batches
+from .projector import PreparedVolume, prepare_volume
+from .render import render
+from .translation import translation
+
+
+def ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Normalised cross-correlation of image pairs ``(B, S, S)``."""
+    a = a - a.mean(dim=(-2, -1), keepdim=True)
+    b = b - b.mean(dim=(-2, -1), keepdim=True)
+    return (a * b).sum((-2, -1)) / (a.norm(dim=(-2, -1)) * b.norm(dim=(-2, -1))).clamp_min(1e-12)
+
+
+def half_maps(make_batches: Callable[[np.ndarray], object], halves: tuple[np.ndarray, np.ndarray],
+              rotations: torch.Tensor, origins_px: torch.Tensor, pixel_size: float, box: int,
+              cutoff: float | None = None, wiener: float = 0.05) -> list[PreparedVolume]:
+    """The two half maps (low-passed at ``cutoff`` cycles/px when given), prepared for projection."""
+    maps = []
+    for acc in half_accumulators(make_batches, halves, rotations, origins_px, pixel_size, box,
+                                 device=rotations.device):
+        vol = acc.finalize(wiener)
+        maps.append(prepare_volume(lowpass_volume(vol, cutoff) if cutoff is not None else vol))
+    return maps
+
+
+def rotation_step(images: torch.Tensor, ctf: CTFParams | None, maps: list[PreparedVolume],
+                  which: np.ndarray, rotations: torch.Tensor, origins_px: torch.Tensor, pixel_size: float,
+                  steps: int, lr_deg: float, cutoff: float | None = None, shared: bool = False
+                  ) -> torch.Tensor:
+    """The small rotations ``exp(w)`` (``(B, 3, 3)``, or one ``(3, 3)`` with ``shared``) that
+    maximise the NCC of ``images`` with reprojections of ``maps[which[k]]`` along
+    ``rotations @ exp(w)``, shifted by ``-origins_px`` (both low-passed at ``cutoff``)."""
+    n = images.shape[0]
+    groups = [(np.nonzero(which == m)[0], m) for m in range(len(maps))]
+    w = torch.zeros(1 if shared else n, 3, requires_grad=True, device=images.device)
+    opt = torch.optim.Adam([w], lr=math.radians(lr_deg))
+    for _ in range(steps):
+        r_new = rotations @ roma.rotvec_to_rotmat(w.expand(n, 3) if shared else w)
+        score = 0.0
+        for sel, m in groups:
+            if len(sel) == 0:
+                continue
+            t = torch.as_tensor(sel, device=images.device)
+            proj = render(maps[m], r_new[t], -origins_px[t], subset(ctf, sel), pixel_size)
+            if cutoff is not None:
+                proj = lowpass_images(proj, cutoff)
+            score = score + ncc(images[t], proj).sum()
+        opt.zero_grad()
+        (-score / n).backward()
+        opt.step()
+    step = roma.rotvec_to_rotmat(w.detach())
+    return step[0] if shared else step
+
+
+def local_refine(stack: ParticleStack, rotations: torch.Tensor, origins_angstrom: torch.Tensor,
+                 halves: tuple[np.ndarray, np.ndarray], cfg: LocalRefineConfig,
+                 progress: Callable[[int], None] | None = None, device=None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refined ``(rotations (N, 3, 3), origins_angstrom (N, 2))`` (see the module docstring);
+    each particle is compared with the map of the half set it is not in."""
+    n, box = stack.n, stack.box
+    s = min(cfg.size, box - box % 2)
+    px = stack.pixel_size * box / s
+    rot = rotations.float().clone().to(device)
+    origins = (origins_angstrom / px).float().clone().to(device)  # in downsampled pixels
+    other = np.zeros(n, dtype=np.int64)
+    other[halves[0]] = 1  # particles of half 0 are compared with map 1, and vice versa
+
+    def read(idx: np.ndarray):
+        return stack_batches(stack, cfg.chunk, idx, size=s, device=device)
+
+    for r in range(cfg.rounds):
+        t = r / max(cfg.rounds - 1, 1)
+        cutoff = cfg.lowpass_start + t * (cfg.lowpass_end - cfg.lowpass_start)
+        maps = half_maps(read, halves, rot, origins, px, s, cutoff)
+        for b in read(np.arange(n)):
+            idx = torch.as_tensor(b.indices, device=rot.device)
+            imgs = lowpass_images(b.images, cutoff)
+            step = rotation_step(imgs, b.ctf, maps, other[b.indices], rot[idx], origins[idx], px,
+                                 cfg.steps, cfg.lr_deg, cutoff)
+            with torch.no_grad():
+                rot[idx] = rot[idx] @ step
+                origins[idx] = -_translations(imgs, b, maps, other, rot[idx], px, s)
+            if progress is not None:
+                progress(len(b.indices))
+    return rot.cpu(), (origins * px).cpu()
+
+
+def _translations(images: torch.Tensor, batch: Batch, maps: list[PreparedVolume], which: np.ndarray,
+                  rotations: torch.Tensor, pixel_size: float, size: int) -> torch.Tensor:
+    """Displacement of each image against the centred reprojection of its comparison map."""
+    out = torch.zeros(images.shape[0], 2, device=images.device)
+    for m in range(len(maps)):
+        sel = np.nonzero(which[batch.indices] == m)[0]
+        if len(sel) == 0:
+            continue
+        t = torch.as_tensor(sel, device=images.device)
+        ref = render(maps[m], rotations[t], None, subset(batch.ctf, sel), pixel_size)
+        out[t] = translation(images[t], ref, size / 6)
+    return out

@@ -1,0 +1,192 @@
+"""Operations on volumes shared by every stage: Fourier shell correlation and resolution
+(torch-fourier-shell-correlation), masks, low-pass at a resolution, rotation (and mirror) of a
+volume, and the alignment of one map onto another (rotation, hand and translation searched)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch_fourier_shell_correlation import fourier_shell_correlation
+
+from .conventions import hand_matrix
+from .fourier import fourier_resize_volume, lowpass_volume, raised_cosine
+
+
+def soft_sphere_mask(box: int, radius_px: float | None = None, edge_px: float = 4.0,
+                     dtype=torch.float32) -> torch.Tensor:
+    """A spherical mask centred at ``D // 2``: 1 inside ``radius``, cosine edge to 0."""
+    r_max = radius_px if radius_px is not None else box / 2 - edge_px
+    c = torch.arange(box, dtype=dtype) - box // 2
+    r = torch.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    return raised_cosine(r, r_max + edge_px, edge_px)
+
+
+def fsc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
+    """FSC per shell ``k = 0 .. D//2`` (shell k is at ``k / D`` cycles/px)."""
+    if a.shape != b.shape:
+        raise ValueError(f"FSC needs volumes of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if mask is not None:
+        a, b = a * mask, b * mask
+    return fourier_shell_correlation(a.float(), b.float()).numpy().astype(np.float64)
+
+
+def shell_frequencies(box: int, pixel_size: float) -> np.ndarray:
+    """Spatial frequency (1/Å) of each FSC shell."""
+    return np.arange(box // 2 + 1) / (box * pixel_size)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where an FSC curve first falls below a threshold."""
+
+    threshold: float
+    angstrom: float  # interpolated; at Nyquist when the curve never crosses
+    frequency: float  # 1/Å
+    reached_nyquist: bool
+
+
+def resolution_at(curve: np.ndarray, box: int, pixel_size: float, threshold: float) -> Resolution:
+    """Resolution (Å) at the first crossing of ``threshold``, linearly interpolated between
+    shells. Shell 0 (the mean) is skipped. When the curve never crosses, the resolution is
+    Nyquist (``2 x pixel size``) and ``reached_nyquist`` is set."""
+    freqs = shell_frequencies(box, pixel_size)
+    for k in range(1, len(curve)):
+        if curve[k] < threshold:
+            if k == 1:
+                f = freqs[1]
+            else:
+                t = (curve[k - 1] - threshold) / (curve[k - 1] - curve[k])
+                f = freqs[k - 1] + t * (freqs[k] - freqs[k - 1])
+            return Resolution(threshold, float(1.0 / f), float(f), False)
+    return Resolution(threshold, 2.0 * pixel_size, float(freqs[-1]), True)
+
+
+def lowpass_to_resolution(volume: torch.Tensor, pixel_size: float, resolution_angstrom: float
+                          ) -> torch.Tensor:
+    """Low-pass a volume at ``resolution`` Å (cosine edge) — e.g. at its FSC estimate."""
+    cutoff = min(pixel_size / resolution_angstrom, 0.5)
+    return lowpass_volume(volume, cutoff) if not math.isinf(resolution_angstrom) else volume
+
+
+def rotate_volume(volume: torch.Tensor, rotation: torch.Tensor, mirror: bool = False,
+                  shift_px: torch.Tensor | None = None) -> torch.Tensor:
+    """``V'(x) = V(rotation^T (x - shift))`` (trilinear), about the centre ``D // 2``; with
+    ``mirror`` the volume is first mirrored, ``V_m(u) = V(J u)``. Orientations ``R`` of ``V``
+    become ``rotation @ R`` (``rotation @ J R J`` with the mirror) for ``V'``."""
+    box = volume.shape[-1]
+    dev, dt = volume.device, volume.dtype
+    c = torch.arange(box, dtype=dt, device=dev) - box // 2
+    zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
+    pts = torch.stack([xx, yy, zz], dim=-1)
+    if shift_px is not None:
+        pts = pts - shift_px.to(dev, dt)
+    g = rotation.to(dev, dt)
+    if mirror:
+        g = g @ hand_matrix(dt, dev)  # V(J G^T x) with J = J^T
+    src = pts @ g  # rows: (G^T x)^T = x^T G
+    idx = src + box // 2
+    grid = idx / (box - 1) * 2 - 1
+    return torch.nn.functional.grid_sample(volume[None, None], grid[None], mode="bilinear",
+                                           padding_mode="zeros", align_corners=True)[0, 0]
+
+
+@dataclass(frozen=True)
+class MapAlignment:
+    """``moving`` rotated by ``rotation`` (mirrored first when ``mirror``) and shifted by
+    ``shift_px`` (x, y, z) best matches ``fixed``: see :func:`rotate_volume`."""
+
+    rotation: torch.Tensor  # (3, 3)
+    mirror: bool
+    shift_px: torch.Tensor  # (3,) x, y, z
+    score: float  # masked correlation of the aligned low-passed maps
+    other_hand_score: float  # the best score of the other hand
+    hand_margin: float  # (score - other_hand_score) / |score|
+
+
+def _shift_search(moving_ft: torch.Tensor, fixed_ft: torch.Tensor, box: int, limit_px: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For volumes given as rfftn ``(C, D, D, D//2+1)`` and ``(D, D, D//2+1)``: the best circular
+    shift of each moving volume (within ``limit_px``) and its correlation."""
+    cc = torch.fft.irfftn(moving_ft.conj() * fixed_ft, s=(box,) * 3, dim=(-3, -2, -1))
+    c = torch.fft.fftfreq(box, d=1.0 / box, device=cc.device)
+    zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
+    window = (xx**2 + yy**2 + zz**2) <= limit_px**2
+    cc = torch.where(window, cc, torch.full_like(cc, -torch.inf))
+    best, flat = cc.reshape(cc.shape[0], -1).max(dim=1)
+    z, y, x = flat // (box * box), (flat // box) % box, flat % box
+    shifts = torch.stack([c[x], c[y], c[z]], dim=1)
+    return best, shifts
+
+
+def align_maps(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, resolution: float = 20.0,
+               n_rotations: int = 4608, max_shift_px: float | None = None,
+               generator: torch.Generator | None = None, allow_mirror: bool = True) -> MapAlignment:
+    """The rotation, hand and translation that best put ``moving`` onto ``fixed``.
+
+    Both maps are low-passed at ``resolution`` Å and resampled to a box where that is Nyquist
+    (at most the original box); a grid of ``n_rotations`` rotations (uniform on SO(3)) is
+    scored for each hand, the translation found by FFT cross-correlation for each rotation;
+    the best is refined by a pattern search down to 0.25 degrees on the full box. Scores are
+    correlations normalised by the norms (masked by a soft sphere)."""
+    from roma import rotvec_to_rotmat
+
+    from .so3 import quat_to_rotmat, sample_uniform_quats
+
+    box = fixed.shape[-1]
+    g = generator or torch.Generator().manual_seed(0)
+    small = int(min(box, max(16, 2 * round(box * pixel_size / resolution))))
+    small -= small % 2
+    px_small = pixel_size * box / small
+    limit = max_shift_px if max_shift_px is not None else box / 8
+
+    def prepare(v: torch.Tensor, size: int, px: float) -> torch.Tensor:
+        v = lowpass_volume(v.float(), min(0.5, px / resolution) if size == small else pixel_size / resolution)
+        v = fourier_resize_volume(v, size)
+        mask = soft_sphere_mask(size, dtype=v.dtype).to(v.device)
+        v = (v - v.mean()) * mask
+        return v / v.norm().clamp_min(1e-12)
+
+    fixed_s, moving_s = prepare(fixed, small, px_small), prepare(moving, small, px_small)
+    fixed_ft = torch.fft.rfftn(fixed_s)
+    grid = quat_to_rotmat(sample_uniform_quats(n_rotations, g, dtype=torch.float64)).float()
+    best_by_hand: dict[bool, tuple[float, torch.Tensor, torch.Tensor]] = {}
+    for mirror in ((False, True) if allow_mirror else (False,)):
+        top = (-math.inf, None, None)
+        for lo in range(0, grid.shape[0], 64):
+            rots = grid[lo:lo + 64]
+            vols = torch.stack([rotate_volume(moving_s, r, mirror) for r in rots])
+            score, shifts = _shift_search(torch.fft.rfftn(vols, dim=(-3, -2, -1)), fixed_ft, small,
+                                          limit * small / box)
+            k = int(score.argmax())
+            if float(score[k]) > top[0]:
+                top = (float(score[k]), rots[k], shifts[k])
+        best_by_hand[mirror] = top
+    mirror = max(best_by_hand, key=lambda m: best_by_hand[m][0])
+    _, rot, shift = best_by_hand[mirror]
+    # local polish on the full box
+    fixed_f, moving_f = prepare(fixed, box, pixel_size), prepare(moving, box, pixel_size)
+    fixed_fft = torch.fft.rfftn(fixed_f)
+
+    def score_of(r: torch.Tensor) -> tuple[float, torch.Tensor]:
+        v = rotate_volume(moving_f, r, mirror)
+        s, sh = _shift_search(torch.fft.rfftn(v[None], dim=(-3, -2, -1)), fixed_fft, box, limit)
+        return float(s[0]), sh[0]
+
+    best, shift = score_of(rot)
+    step = math.radians(4.0)
+    axes = torch.cat([torch.eye(3), -torch.eye(3)])
+    while step > math.radians(0.25):
+        moved = False
+        for a in axes:
+            trial = rotvec_to_rotmat(a * step) @ rot
+            s, sh = score_of(trial)
+            if s > best:
+                best, rot, shift, moved = s, trial, sh, True
+        if not moved:
+            step /= 2
+    other = best_by_hand.get(not mirror, (math.nan,))[0]
+    margin = (best_by_hand[mirror][0] - other) / abs(best_by_hand[mirror][0]) if allow_mirror else math.nan
+    return MapAlignment(rot, mirror, shift, best, other, margin)
