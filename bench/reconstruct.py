@@ -36,7 +36,9 @@ print(json.dumps({{"ok": True}}))
 TIME = """
 import json, time, torch
 from cryorient.particles import read_particles
-from cryorient.reconstruct.run import ReconstructConfig, load_reference, reconstruct
+from cryorient.config import ReconstructConfig
+from cryorient.density import load_reference
+from cryorient.reconstruct.run import reconstruct
 stack = read_particles("{star}")
 ref = load_reference("{volume}", stack.box, stack.pixel_size)
 t = time.perf_counter()
@@ -54,7 +56,9 @@ from cryorient.orientation.recover import RecoveryConfig
 from cryorient.orientation.run import RecoverConfig, run_recovery
 from cryorient.orientation.sources import make_source
 from cryorient.particles import read_particles
-from cryorient.reconstruct.run import ReconstructConfig, load_reference, reconstruct
+from cryorient.config import ReconstructConfig
+from cryorient.density import load_reference
+from cryorient.reconstruct.run import reconstruct
 stack = read_particles("{star}")
 ref = load_reference("{volume}", stack.box, stack.pixel_size)
 g = torch.Generator().manual_seed(0)

@@ -65,7 +65,7 @@ FSC = """
 import json, torch
 from cryorient.io import read_mrc
 from cryorient.volumes import fsc, resolution_at
-from cryorient.reconstruct.run import load_reference
+from cryorient.density import load_reference
 a, px = read_mrc("{map}")
 ref = load_reference("{truth}", a.shape[0], px)
 c = fsc(torch.from_numpy(a), ref)
@@ -77,7 +77,7 @@ import json, math, torch
 from cryorient import so3
 from cryorient.io import read_mrc
 from cryorient.volumes import fsc, resolution_at, soft_sphere_mask
-from cryorient.reconstruct.run import load_reference
+from cryorient.density import load_reference
 from cryorient.imaging.projector import project
 import roma, numpy as np
 from scipy import ndimage

@@ -117,6 +117,16 @@ def test_budget_pairs_are_linear_in_n():
     assert p1.anchors.numel() == 16
 
 
+def test_default_pair_budget():
+    """All pairs while they fit the 5M budget, then 5M / N per particle (issue 12: N=2000 got
+    128 per particle, 4.49 deg at perturbed:0.4, where all pairs give 1.63 deg)."""
+    g = torch.Generator().manual_seed(7)
+    assert len(choose_pairs(2000, g)) == 2000 * 1999 // 2
+    p = choose_pairs(5000, g)
+    assert 4_000_000 < len(p) <= 5_000_000  # 1000 per particle drawn, 4.1M once duplicates merge
+    assert len(choose_pairs(200_000, g)) > 0.95 * 200_000 * 64  # the floor
+
+
 def test_euclidean_quantile_map(clean_stack):
     stack, truth = clean_stack
     u = torch.linspace(0.001, 0.999, 999)

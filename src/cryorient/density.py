@@ -5,6 +5,7 @@ centre of mass at index ``D // 2`` and band-limited at the stated resolution.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from .errors import CryorientError, require_positive
 from .fourier import lowpass_volume
 from .io import read_mrc
 from .structure import atom_positions, read_atoms, resolve_structure, structure_kind
+
+log = logging.getLogger(__name__)
 
 # Content must stay inside the sphere inscribed in the box (the Fourier projector wraps
 # anything outside it); keep this margin in pixels free as well.
@@ -147,3 +150,22 @@ def match_grid(data: np.ndarray, voxel_size: float, box: int, pixel_size: float)
         dst.append(slice(lo_out, lo_out + length))
     out[tuple(dst)] = vol[tuple(src)]
     return torch.from_numpy(out.astype(np.float32))
+
+
+def load_reference(path: str | Path, box: int, pixel_size: float, chains: tuple[str, ...] | None = None
+                   ) -> torch.Tensor:
+    """A reference on a stack's grid. A map keeps its own frame (resampled about its centre
+    and padded or cropped: the result overlays the input map); an atomic model becomes its
+    density centred on its centre of mass (the model's frame, translated)."""
+    resolved = resolve_structure(path)
+    if structure_kind(resolved) == "atoms":
+        return load_volume(resolved, DensityConfig(box=box, pixel_size=pixel_size, chains=chains))
+    if chains:
+        raise CryorientError(f"chains apply to atomic models, not to the map {resolved.name}")
+    data, voxel = read_mrc(resolved, "reference map")
+    if data.ndim != 3 or data.shape[0] < 2:
+        raise CryorientError(f"reference map {resolved.name} must be a 3D volume, got {data.shape}")
+    if data.shape != (box, box, box) or abs(voxel - pixel_size) > 1e-3 * pixel_size:
+        log.warning("reference %s (%s at %.4g Å) resampled to box %d at %.4g Å in its own frame",
+                    resolved.name, "x".join(map(str, data.shape[::-1])), voxel, box, pixel_size)
+    return match_grid(data, voxel, box, pixel_size)

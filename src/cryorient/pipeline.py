@@ -29,16 +29,16 @@ import torch
 
 from . import __version__
 from .config import DensityConfig, PipelineConfig
-from .density import load_volume
+from .density import load_reference
 from .distance.data import imaging_from_stack
 from .distance.preprocess import default_input
 from .distance.train import MODEL_FORMAT, train_on_reference
 from .errors import CryorientError
-from .evaluation import Truth, truth_of
+from .evaluation import Truth, evaluate_poses, truth_of, write_evaluation_figures
 from .orientation.frame import to_reference_frame
 from .orientation.run import run_recovery, write_recovery
 from .particles import ParticleStack, read_particles, write_particles
-from .reconstruct.run import load_reference, reconstruct, write_reconstruction
+from .reconstruct.run import reconstruct, write_reconstruction
 from .rundir import staged_directory, to_plain, write_json
 from .simulate.run import run_simulation
 from .structure import resolve_structure
@@ -170,29 +170,53 @@ class Stages:
 
 
 @dataclass(frozen=True)
+class RefineStageResult:
+    rounds: int
+    proposals: str  # of the last round
+    half_map_fsc_resolution_angstrom: float
+    resolution_angstrom: float | None  # None: no signal beyond the start resolution
+    start_resolution_angstrom: float
+    confidence_median: float
+    fsc_vs_reference_beyond_start: float  # the largest FSC(map, start reference) beyond it
+    warnings: list
+    median_error_deg: float | None = None
+    mean_error_deg: float | None = None
+    p90_error_deg: float | None = None
+    hand_vs_truth: str | None = None
+    resolution_vs_truth_angstrom: float | None = None
+    truth_reference_resolution_angstrom: float | None = None  # the same particles at their true poses
+
+
+@dataclass(frozen=True)
 class RunSummary:
+    method: str
     particles: str
     n_particles: int
     box: int
     pixel_size: float
-    distances: str
     reference: str | None
-    model: str
-    train: TrainStageResult | None
-    recover: RecoverStageResult
-    reconstruct: ReconstructStageResult
     stages_skipped: list
     wall_time_s: float
+    # the distance method
+    distances: str | None = None
+    model: str | None = None
+    train: TrainStageResult | None = None
+    recover: RecoverStageResult | None = None
+    reconstruct: ReconstructStageResult | None = None
+    # the refinement
+    refine: RefineStageResult | None = None
 
     def to_dict(self) -> dict:
         """The flat summary.json (and the report's metrics table)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("train", "recover",
-                                                                                       "reconstruct")}
+        nested = ("train", "recover", "reconstruct", "refine")
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in nested and getattr(self, f.name) is not None}
         if self.train is not None:
             out.update(training_median_error_deg=self.train.val_median_deg,
                        training_within_15deg=self.train.val_within_15deg, model_weak=self.train.weak)
-        out.update({k: v for k, v in asdict(self.recover).items() if v is not None})
-        out.update({k: v for k, v in asdict(self.reconstruct).items() if v is not None})
+        for part in (self.recover, self.reconstruct, self.refine):
+            if part is not None:
+                out.update({k: v for k, v in asdict(part).items() if v is not None and k != "warnings"})
         warnings = self.warnings()
         if warnings:
             out["warnings"] = warnings
@@ -202,13 +226,16 @@ class RunSummary:
         out = []
         if self.train is not None and self.train.warning:
             out.append(self.train.warning)
-        if self.recover.hand_margin is not None and self.recover.hand_margin < 0.02:
-            margin = 100 * self.recover.hand_margin
-            out.append(f"the hand was decided by a thin margin ({margin:.1f}% between the two hands' map "
-                       "correlations with the reference)")
-        if self.recover.ambiguity_margin < 0.05:
-            out.append(f"the distance ambiguity was resolved by a thin margin "
-                       f"({100 * self.recover.ambiguity_margin:.1f}%)")
+        if self.recover is not None:
+            if self.recover.hand_margin is not None and self.recover.hand_margin < 0.02:
+                margin = 100 * self.recover.hand_margin
+                out.append(f"the hand was decided by a thin margin ({margin:.1f}% between the two hands' map "
+                           "correlations with the reference)")
+            if self.recover.ambiguity_margin < 0.05:
+                out.append(f"the distance ambiguity was resolved by a thin margin "
+                           f"({100 * self.recover.ambiguity_margin:.1f}%)")
+        if self.refine is not None:
+            out.extend(self.refine.warnings)
         return out
 
 
@@ -242,19 +269,94 @@ def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
     stack = read_particles(star, cfg.particles_pixel_size)
     truth = truth_of(stack)
     blind = stack.blind().with_half_sets(generator)
+    if truth_map is not None and not Path(truth_map).is_file():
+        truth_map = None
+    common = {"particles": str(star), "n_particles": stack.n, "box": stack.box, "pixel_size": stack.pixel_size,
+              "reference": cfg.reference}
+    if cfg.method == "refine":
+        result = stages.run("refine", {"refine": cfg.refinement, "reference": cfg.reference,
+                                       "chains": cfg.reference_chains, "seed": cfg.seed,
+                                       "truth_map": _portable(truth_map, outdir) if truth_map else None},
+                            RefineStageResult, lambda d: _refine(d, cfg, blind, truth, truth_map, device))
+        final_star, final_map = outdir / "refine" / "particles.star", outdir / "refine" / "map.mrc"
+        summary = RunSummary("refine", **common, stages_skipped=stages.skipped, wall_time_s=0.0, refine=result)
+    else:
+        summary = _run_distances(stages, cfg, blind, truth, truth_map, common, device, bar)
+        final_star, final_map = outdir / "recover" / "orientations.star", outdir / "reconstruct" / "reconstruction.mrc"
+    write_particles(read_particles(final_star), outdir / "particles.star")
+    shutil.copyfile(final_map, outdir / "map.mrc")
+    summary = replace(summary, stages_skipped=stages.skipped, wall_time_s=round(time.perf_counter() - t_start, 1))
+    write_json(outdir / "summary.json", summary.to_dict())
+    for w in summary.warnings():
+        log.warning("warning: %s", w)
+    return summary
 
-    # 2. the distance model: given, or trained on the reference (cached)
+
+def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | None, truth_map: str | None,
+            device) -> RefineStageResult:
+    """The gold-standard loop from the reference, its files, and (with the truth) its evaluation."""
+    from .distance.data import imaging_from_stack
+    from .distance.proposer import NetworkProposer
+    from .refine.loop import refine
+    from .refine.run import write_refinement
+    from .volumes import fsc, lowpass_to_resolution, shell_frequencies, soft_sphere_mask
+
+    rc = cfg.refinement
+    reference = load_reference(cfg.reference, blind.box, blind.pixel_size, cfg.reference_chains)
+    proposer = None
+    if rc.poses == "network":
+        start = lowpass_to_resolution(reference, blind.pixel_size, rc.initial_lowpass)
+        imaging = imaging_from_stack(blind, start, rc.initial_lowpass,
+                                     generator=torch.Generator().manual_seed(cfg.seed))
+        proposer = NetworkProposer(imaging, d / "networks", rc.train_minutes, rc.finetune_minutes, seed=cfg.seed,
+                                   device=device)
+    result = refine(blind, reference, rc, proposer, device, progress=lambda msg: log.info("%s", msg))
+    metrics = write_refinement(result, blind, d)
+    # the control: how much of the reference beyond the start resolution is in the map
+    curve = fsc(result.map, reference, soft_sphere_mask(blind.box))
+    freqs = shell_frequencies(blind.box, blind.pixel_size)
+    beyond = curve[freqs > 1.0 / rc.initial_lowpass]
+    out = RefineStageResult(len(result.rounds), result.rounds[-1].proposals, result.resolution.angstrom,
+                            metrics["resolution_angstrom"], rc.initial_lowpass, metrics["confidence_median"],
+                            float(beyond.max()) if beyond.size else 0.0, result.warnings())
+    if truth is not None:
+        ev = evaluate_poses(result.rotations, result.origins_angstrom, truth, blind.pixel_size)
+        em = ev.metrics()
+        write_json(d / "evaluation.json", em)
+        write_evaluation_figures(ev.evaluation, truth, d / "figures", "refined")
+        write_particles(blind.with_orientations(ev.evaluation.aligned.float(), result.origins_angstrom),
+                        d / "orientations_aligned.star")
+        out = replace(out, median_error_deg=em["rotation_error"]["median_deg"],
+                      mean_error_deg=em["rotation_error"]["mean_deg"], p90_error_deg=em["rotation_error"]["p90_deg"],
+                      hand_vs_truth=em["hand"])
+        if truth_map is not None:
+            true_map = load_reference(truth_map, blind.box, blind.pixel_size)
+            aligned = blind.with_orientations(ev.evaluation.aligned.float(), result.origins_angstrom)
+            one = replace(cfg.reconstruct, halves=False)
+            mine = reconstruct(aligned, aligned.rotations(), one, true_map, device=device)
+            ideal_stack = blind.with_orientations(truth.rotations, truth.origins_angstrom
+                                                  if truth.origins_angstrom is not None else None)
+            ideal = reconstruct(ideal_stack, truth.rotations, one, true_map, device=device)
+            out = replace(out, resolution_vs_truth_angstrom=mine.resolution_reference.angstrom,
+                          truth_reference_resolution_angstrom=ideal.resolution_reference.angstrom)
+            (d / "truth_frame" / "figures").mkdir(parents=True)
+            write_reconstruction(mine, d / "truth_frame", true_map)
+    return out
+
+
+def _run_distances(stages: Stages, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | None,
+                   truth_map: str | None, common: dict, device, bar) -> RunSummary:
+    """The original method: a distance network, recovery, the reference's frame, reconstruction."""
+    outdir = stages.outdir
     reference = None
     train_result = None
     if cfg.model is not None:
         model_path, origin = Path(cfg.model), "given"
     else:
-        reference = load_volume(cfg.reference, DensityConfig(box=blind.box, pixel_size=blind.pixel_size,
-                                                             chains=cfg.reference_chains))
+        reference = load_reference(cfg.reference, blind.box, blind.pixel_size, cfg.reference_chains)
         train_result = _train_stage(stages, cfg, blind, reference, device, lambda total: bar("train", total))
         model_path, origin = Path(train_result.model), train_result.origin
 
-    # 3. recovery (+ ambiguity, polish, shifts, local refinement, the reference's frame)
     model_digest = hashlib.sha256(model_path.read_bytes()).hexdigest()[:16]
     rec_cfg = {"recover": cfg.recover, "model": model_digest, "seed": cfg.seed, "reference": cfg.reference}
 
@@ -264,10 +366,10 @@ def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
     rec = stages.run("recover", rec_cfg, RecoverStageResult, recover_fn)
     recovered = read_particles(outdir / "recover" / "orientations.star")
 
-    # 4. reconstruction with the recovery's half sets; with the truth (evaluation only), also the
-    #    map of the truth-aligned poses against the true map
+    # reconstruction with the recovery's half sets; with the truth (evaluation only), also the
+    # map of the truth-aligned poses against the true map
     aligned_star = outdir / "recover" / "orientations_aligned.star"
-    truth_available = truth_map is not None and Path(truth_map).is_file() and aligned_star.is_file()
+    truth_available = truth_map is not None and aligned_star.is_file()
     recon_cfg = {"reconstruct": cfg.reconstruct, "seed": cfg.seed,
                  "truth_map": _portable(truth_map, outdir) if truth_available else None}
 
@@ -291,17 +393,8 @@ def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
         return ReconstructStageResult(halves.angstrom, halves.reached_nyquist, vs_truth)
 
     recon = stages.run("reconstruct", recon_cfg, ReconstructStageResult, reconstruct_fn)
-
-    # 5. final files and summary
-    write_particles(recovered, outdir / "particles.star")
-    shutil.copyfile(outdir / "reconstruct" / "reconstruction.mrc", outdir / "map.mrc")
-    summary = RunSummary(str(star), stack.n, stack.box, stack.pixel_size, origin, cfg.reference,
-                         str(model_path), train_result, rec, recon, stages.skipped,
-                         round(time.perf_counter() - t_start, 1))
-    write_json(outdir / "summary.json", summary.to_dict())
-    for w in summary.warnings():
-        log.warning("warning: %s", w)
-    return summary
+    return RunSummary("distances", **common, stages_skipped=[], wall_time_s=0.0, distances=origin,
+                      model=str(model_path), train=train_result, recover=rec, reconstruct=recon)
 
 
 def _train_stage(stages: Stages, cfg: PipelineConfig, stack: ParticleStack, reference: torch.Tensor, device,
@@ -398,9 +491,28 @@ def _portable(path: str | Path, outdir: Path) -> str:
 
 
 def three_line_summary(summary: RunSummary, outdir: Path) -> list[str]:
+    head = f"{summary.n_particles} particles (box {summary.box}, {summary.pixel_size} Å/px)"
+    report = f"{summary.wall_time_s:.0f} s; report: {outdir / 'report.html'}"
+    if summary.refine is not None:
+        r = summary.refine
+        lines = [f"{head}; refined from {summary.reference} low-passed to {r.start_resolution_angstrom:.0f} Å "
+                 f"in {r.rounds} rounds ({r.proposals} proposals); median confidence {r.confidence_median:.2f}"]
+        if r.median_error_deg is not None:
+            lines.append(f"orientations: median error {r.median_error_deg:.2f}°, 90th pct {r.p90_error_deg:.1f}° "
+                         f"(vs truth), hand as reference")
+        else:
+            lines.append("orientations: in the reference's frame and hand (no true angles to compare with)")
+        vs_truth = (f", {r.resolution_vs_truth_angstrom:.1f} Å vs truth (FSC 0.5; true poses "
+                    f"{r.truth_reference_resolution_angstrom:.1f} Å)" if r.resolution_vs_truth_angstrom else "")
+        if r.resolution_angstrom is not None:
+            lines.append(f"map: {r.resolution_angstrom:.1f} Å (gold-standard FSC 0.143){vs_truth}; {report}")
+        else:
+            lines.append(f"map: NO RESOLUTION: the half maps do not agree beyond the start "
+                         f"({r.start_resolution_angstrom:.0f} Å){vs_truth}; {report}")
+        return lines
     rec, recon = summary.recover, summary.reconstruct
-    lines = [f"{summary.n_particles} particles (box {summary.box}, {summary.pixel_size} Å/px); "
-             f"distances: {summary.distances}; ambiguity margin {rec.ambiguity_margin:.2f}; hand {rec.hand}"]
+    lines = [f"{head}; distances: {summary.distances}; ambiguity margin {rec.ambiguity_margin:.2f}; "
+             f"hand {rec.hand}"]
     if rec.median_error_deg is not None:
         extra = ""
         if rec.median_error_before_refinement_deg is not None:
@@ -411,6 +523,5 @@ def three_line_summary(summary: RunSummary, outdir: Path) -> list[str]:
         lines.append("orientations: recovered (no true angles to compare with)")
     vs_truth = (f", {recon.resolution_vs_truth_angstrom:.1f} Å vs truth (FSC 0.5)"
                 if recon.resolution_vs_truth_angstrom else "")
-    lines.append(f"map: {recon.resolution_halves_angstrom:.1f} Å (half maps, FSC 0.143){vs_truth}; "
-                 f"{summary.wall_time_s:.0f} s; report: {outdir / 'report.html'}")
+    lines.append(f"map: {recon.resolution_halves_angstrom:.1f} Å (half maps, FSC 0.143){vs_truth}; {report}")
     return lines

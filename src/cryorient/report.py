@@ -22,7 +22,11 @@ from .so3 import viewing_direction
 
 SECTIONS = [
     ("Simulation", "simulate", ["montage.png", "viewing_directions.png"]),
-    ("Distance training", "train", ["loss.png", "predicted_vs_true.png", "error_by_distance.png"]),
+    ("Gold-standard refinement", "refine",
+     ["fsc.png", "resolution_by_round.png", "angular_change.png", "confidence.png", "errors.png",
+      "viewing_directions.png", "central_slices.png", "projections.png"]),
+    ("Refinement in the truth's frame", "refine/truth_frame", ["fsc.png", "central_slices.png"]),
+    ("Distance training", "train", ["loss.png", "pose_error.png", "predicted_vs_true.png", "error_by_distance.png"]),
     ("Orientation recovery", "recover",
      ["loss.png", "errors.png", "viewing_directions.png", "distances.png"]),
     ("Reconstruction", "reconstruct", ["fsc.png", "central_slices.png", "projections.png"]),
@@ -38,6 +42,7 @@ text-align: left; font-size: 14px; } th { background: #f4f4f4; }
 .figs { display: flex; flex-wrap: wrap; gap: 12px; } .figs figure { margin: 0; max-width: 520px; }
 .figs img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 12px; color: #666; }
 .note { color: #555; font-size: 14px; }
+.warn { background: #fff4e5; border: 1px solid #f0a040; padding: 0.5em 1em; margin: 1em 0; }
 """
 
 
@@ -56,7 +61,9 @@ def _value(v) -> str:
 
 def _directions_view(outdir: Path, max_points: int = 1500) -> str:
     """An interactive 3D scatter of viewing directions (plotly, inlined)."""
-    aligned = outdir / "recover" / "orientations_aligned.star"
+    aligned = next((p for p in (outdir / "refine" / "orientations_aligned.star",
+                                outdir / "recover" / "orientations_aligned.star") if p.is_file()),
+                   outdir / "recover" / "orientations_aligned.star")
     truth_star = outdir / "simulate" / "particles.star"
     if not aligned.is_file():
         return '<p class="note">No true orientations: nothing to compare the recovered directions with.</p>'
@@ -79,6 +86,35 @@ def _directions_view(outdir: Path, max_points: int = 1500) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=True, div_id="directions3d")
 
 
+def _rounds_table(outdir: Path) -> str:
+    """The refinement's rounds (resolution, proposals, pose change, time)."""
+    path = outdir / "refine" / "rounds.csv"
+    if not path.is_file():
+        return ""
+    import csv
+
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    cols = [("round", "round"), ("resolution_angstrom", "aligned at Å"), ("fsc_resolution_angstrom", "half maps Å"),
+            ("size_px", "size px"), ("proposals", "proposals (half 1/2)"), ("search_step_deg", "search step °"),
+            ("angular_change_deg", "median pose change °"), ("network_val_median_deg", "network validation °"),
+            ("seconds", "s")]
+    out = ["<h2>Refinement rounds</h2><table id='rounds'><tr>"
+           + "".join(f"<th>{html.escape(h)}</th>" for _, h in cols) + "</tr>"]
+    for r in rows:
+        cells = []
+        for k, _ in cols:
+            v = r.get(k, "")
+            try:
+                v = f"{float(v):.3g}" if v not in ("", None) and not v.startswith("(") else v
+            except ValueError:
+                pass
+            cells.append(f"<td>{html.escape(str(v))}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
 def write_report(outdir: Path) -> Path:
     """Write ``outdir/report.html`` from the run directory's files."""
     summary = json.loads((outdir / "summary.json").read_text())
@@ -91,7 +127,13 @@ def write_report(outdir: Path) -> Path:
     for k, v in summary.items():
         parts.append(f"<tr><th>{html.escape(k)}</th><td data-key='{html.escape(k)}'>"
                      f"{html.escape(_value(v))}</td></tr>")
-    parts.append("</table><h2>Viewing directions</h2>")
+    parts.append("</table>")
+    warnings = summary.get("warnings") or []
+    if warnings:
+        parts.append("<div id='warnings' class='warn'><b>Do not trust this result blindly:</b><ul>"
+                     + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>")
+    parts.append(_rounds_table(outdir))
+    parts.append("<h2>Viewing directions</h2>")
     parts.append(_directions_view(outdir))
     for title, sub, names in SECTIONS:
         figs = [outdir / sub / "figures" / n for n in names if (outdir / sub / "figures" / n).is_file()]

@@ -102,6 +102,24 @@ def sample_rotations(
     return euler_to_rotmat(rot, tilt, psi).to(dtype)
 
 
+def grid(step_deg: float, dtype=torch.float32) -> torch.Tensor:
+    """A deterministic, near-uniform grid of rotations ``(M, 3, 3)`` about ``step_deg`` apart:
+    viewing directions on a Fibonacci sphere (one per ``step^2`` steradians) times in-plane
+    angles every ``step`` (RELION angles rot, tilt from the direction, psi in-plane).
+    ``M ~ 8 pi^2 / step^3``: 15 deg -> ~4.4k, 7.5 deg -> ~35k."""
+    step = math.radians(step_deg)
+    n_dir = max(2, round(4 * math.pi / step**2))
+    n_psi = max(1, round(2 * math.pi / step))
+    k = torch.arange(n_dir, dtype=torch.float64) + 0.5
+    z = 1 - 2 * k / n_dir
+    tilt = torch.rad2deg(torch.arccos(z))
+    rot = torch.remainder(k * 180.0 * (3 - math.sqrt(5)), 360.0) - 180.0  # golden angle (deg)
+    psi = torch.arange(n_psi, dtype=torch.float64) * (360.0 / n_psi) - 180.0
+    r, t, p = (rot[:, None].expand(n_dir, n_psi), tilt[:, None].expand(n_dir, n_psi),
+               psi[None, :].expand(n_dir, n_psi))
+    return euler_to_rotmat(r.reshape(-1), t.reshape(-1), p.reshape(-1)).to(dtype)
+
+
 def geodesic_distance(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     """``d(q1, q2) = 2 arccos |<q1, q2>|`` in ``[0, pi]`` with finite gradients at 0.
 

@@ -133,60 +133,66 @@ def align_maps(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, res
     correlations normalised by the norms (masked by a soft sphere)."""
     from roma import rotvec_to_rotmat
 
-    from .so3 import quat_to_rotmat, sample_uniform_quats
+    from .so3 import quat_to_rotmat, rotmat_distance, sample_uniform_quats
 
     box = fixed.shape[-1]
     g = generator or torch.Generator().manual_seed(0)
     small = int(min(box, max(16, 2 * round(box * pixel_size / resolution))))
     small -= small % 2
-    px_small = pixel_size * box / small
     limit = max_shift_px if max_shift_px is not None else box / 8
 
-    def prepare(v: torch.Tensor, size: int, px: float) -> torch.Tensor:
-        v = lowpass_volume(v.float(), min(0.5, px / resolution) if size == small else pixel_size / resolution)
+    def prepare(v: torch.Tensor, size: int) -> torch.Tensor:
+        v = lowpass_volume(v.float(), min(0.5, pixel_size / resolution))
         v = fourier_resize_volume(v, size)
         mask = soft_sphere_mask(size, dtype=v.dtype).to(v.device)
         v = (v - v.mean()) * mask
         return v / v.norm().clamp_min(1e-12)
 
-    fixed_s, moving_s = prepare(fixed, small, px_small), prepare(moving, small, px_small)
+    fixed_s, moving_s = prepare(fixed, small), prepare(moving, small)
     fixed_ft = torch.fft.rfftn(fixed_s)
     grid = quat_to_rotmat(sample_uniform_quats(n_rotations, g, dtype=torch.float64)).float()
-    best_by_hand: dict[bool, tuple[float, torch.Tensor, torch.Tensor]] = {}
-    for mirror in ((False, True) if allow_mirror else (False,)):
-        top = (-math.inf, None, None)
-        for lo in range(0, grid.shape[0], 64):
-            rots = grid[lo:lo + 64]
-            vols = torch.stack([rotate_volume(moving_s, r, mirror) for r in rots])
-            score, shifts = _shift_search(torch.fft.rfftn(vols, dim=(-3, -2, -1)), fixed_ft, small,
-                                          limit * small / box)
-            k = int(score.argmax())
-            if float(score[k]) > top[0]:
-                top = (float(score[k]), rots[k], shifts[k])
-        best_by_hand[mirror] = top
-    mirror = max(best_by_hand, key=lambda m: best_by_hand[m][0])
-    _, rot, shift = best_by_hand[mirror]
-    # local polish on the full box
-    fixed_f, moving_f = prepare(fixed, box, pixel_size), prepare(moving, box, pixel_size)
+    # local polish on the full box of the best few coarse candidates of each hand
+    fixed_f, moving_f = prepare(fixed, box), prepare(moving, box)
     fixed_fft = torch.fft.rfftn(fixed_f)
 
-    def score_of(r: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def score_of(r: torch.Tensor, mirror: bool) -> tuple[float, torch.Tensor]:
         v = rotate_volume(moving_f, r, mirror)
         s, sh = _shift_search(torch.fft.rfftn(v[None], dim=(-3, -2, -1)), fixed_fft, box, limit)
         return float(s[0]), sh[0]
 
-    best, shift = score_of(rot)
-    step = math.radians(4.0)
-    axes = torch.cat([torch.eye(3), -torch.eye(3)])
-    while step > math.radians(0.25):
-        moved = False
-        for a in axes:
-            trial = rotvec_to_rotmat(a * step) @ rot
-            s, sh = score_of(trial)
-            if s > best:
-                best, rot, shift, moved = s, trial, sh, True
-        if not moved:
-            step /= 2
-    other = best_by_hand.get(not mirror, (math.nan,))[0]
-    margin = (best_by_hand[mirror][0] - other) / abs(best_by_hand[mirror][0]) if allow_mirror else math.nan
+    def polish(rot: torch.Tensor, mirror: bool) -> tuple[float, torch.Tensor, torch.Tensor]:
+        best, shift = score_of(rot, mirror)
+        step = math.radians(4.0)
+        axes = torch.cat([torch.eye(3), -torch.eye(3)])
+        while step > math.radians(0.25):
+            moved = False
+            for a in axes:
+                trial = rotvec_to_rotmat(a * step) @ rot
+                s, sh = score_of(trial, mirror)
+                if s > best:
+                    best, rot, shift, moved = s, trial, sh, True
+            if not moved:
+                step /= 2
+        return best, rot, shift
+
+    best_by_hand: dict[bool, tuple[float, torch.Tensor, torch.Tensor]] = {}
+    for mirror in ((False, True) if allow_mirror else (False,)):
+        scores = []
+        for lo in range(0, grid.shape[0], 64):
+            rots = grid[lo:lo + 64]
+            vols = torch.stack([rotate_volume(moving_s, r, mirror) for r in rots])
+            score, _ = _shift_search(torch.fft.rfftn(vols, dim=(-3, -2, -1)), fixed_ft, small, limit * small / box)
+            scores.append(score)
+        order = torch.argsort(torch.cat(scores), descending=True)
+        picked: list[int] = []
+        for k in order.tolist():  # the best few, at least 20 degrees apart
+            if all(float(rotmat_distance(grid[k], grid[j])) > math.radians(20) for j in picked):
+                picked.append(k)
+            if len(picked) == 3:
+                break
+        best_by_hand[mirror] = max((polish(grid[k], mirror) for k in picked), key=lambda t: t[0])
+    mirror = max(best_by_hand, key=lambda m: best_by_hand[m][0])
+    best, rot, shift = best_by_hand[mirror]
+    other = best_by_hand[not mirror][0] if allow_mirror else math.nan
+    margin = (best - other) / abs(best) if allow_mirror else math.nan
     return MapAlignment(rot, mirror, shift, best, other, margin)

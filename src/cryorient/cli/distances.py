@@ -30,7 +30,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--particles", required=True, help="particle STAR file")
     p.add_argument("--model", required=True, help="model.pt from 'cryorient train'")
     p.add_argument("--pairs-per-particle", type=int, default=None,
-                   help="pair budget K per particle (default: all pairs up to 1000 particles, else 128)")
+                   help="pair budget K per particle (default: all pairs up to 5M pairs, else 5M / N per particle)")
     p.add_argument("--neighbours", type=int, default=16, help="nearest neighbours per particle")
     p.add_argument("--batch-size", type=int, default=512, help="images per encoder batch")
     add_device_option(p)

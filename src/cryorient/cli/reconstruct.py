@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     opts = ReconstructConfig(halves=args.halves, wiener=args.wiener, batch_size=args.batch_size,
                              use_ctf=not args.no_ctf, mask=args.mask, lowpass=args.lowpass)
+    from ..density import load_reference
     from ..particles import load_poses, read_particles
-    from ..reconstruct.run import load_reference, reconstruct, write_reconstruction
+    from ..reconstruct.run import reconstruct, write_reconstruction
     from ..rundir import run_directory, write_json
 
     stack = read_particles(args.particles, args.pixel_size)

@@ -47,7 +47,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                    help="model:PATH (a model from 'cryorient train') | euclidean | the benchmark "
                         "baselines true and perturbed:S (S in radians), which read the STAR's true angles")
     p.add_argument("--pairs-per-particle", type=int, default=_D.pairs_per_particle,
-                   help="pair budget K per particle (default: all pairs up to 1000 particles, else 128)")
+                   help="pair budget K per particle (default: all pairs up to 5M pairs, else 5M / N per particle)")
     p.add_argument("--anchors", type=int, default=_D.n_anchors, help="anchor particles for the start")
     p.add_argument("--neighbours", type=int, default=_D.neighbours,
                    help="nearest neighbours per particle in the model's embedding (model only)")

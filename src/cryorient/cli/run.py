@@ -14,6 +14,7 @@ from ..config import (
     ReconstructConfig,
     RecoverConfig,
     RecoveryConfig,
+    RefineConfig,
     TrainConfig,
 )
 from ..errors import CryorientError
@@ -38,6 +39,7 @@ EXAMPLES = """examples:
 """
 RUN_KEYS = {"outdir", "overwrite", "quiet", "threads", "config", "func", "command", "device"}
 _T, _M, _R, _A, _C = TrainConfig(), ModelConfig(), RecoverConfig(), AmbiguityConfig(), ReconstructConfig()
+_F = RefineConfig()
 
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -45,7 +47,22 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--particles", default=None,
                    help="a RELION particle STAR (default: simulate)")
     add_simulation_options(p)
-    g = p.add_argument_group("distances")
+    p.add_argument("--method", choices=("refine", "distances"), default="refine",
+                   help="refine: gold-standard refinement from the reference (independent half sets, "
+                        "resolution raised round by round); distances: the original method (learned "
+                        "distances, orientation recovery)")
+    g = p.add_argument_group("refinement (--method refine)")
+    g.add_argument("--initial-lowpass", type=parse_positive, default=_F.initial_lowpass,
+                   help="the reference is low-passed to this resolution (Å) before the first round")
+    g.add_argument("--max-rounds", type=int, default=_F.max_rounds)
+    g.add_argument("--poses", choices=("network", "search"), default=_F.poses,
+                   help="search: the exhaustive global search while the resolution is coarse, then local "
+                        "refinement; network: also a network trained on each half's map proposes poses "
+                        "(the best-scoring candidate wins; see docs/benchmarks.md for when it pays)")
+    g.add_argument("--round-minutes", type=parse_positive, default=_F.train_minutes,
+                   help="the network's training budget per half in the first round (later rounds fine-tune "
+                        f"for {_F.finetune_minutes:g} min)")
+    g = p.add_argument_group("distances (--method distances)")
     g.add_argument("--reference", default=None,
                    help="train the distance on this structure/map (cached); a run needs it or --model "
                         "(no library model ships, see docs/model.md)")
@@ -114,9 +131,10 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
-    if args.reference is None and args.model is None:
-        raise CryorientError("give --reference MODEL (a structure or map to train on) or --model model.pt; "
-                             "no library model ships with cryorient")
+    if args.reference is None and (args.method == "refine" or args.model is None):
+        raise CryorientError("give --reference (a structure or map: a predicted model, a homolog, a low-resolution "
+                             "map)" + (" or --model model.pt" if args.method == "distances" else "")
+                             + "; ab initio without a reference is not available yet")
     density, simulation = simulation_from_args(args)
     model = ModelConfig(width=args.width, input_size=args.input_size)
     train = TrainConfig(max_epochs=args.max_epochs, minutes=args.minutes,
@@ -125,7 +143,9 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                             refine=LocalRefineConfig(rounds=args.refine_rounds),
                             recovery=RecoveryConfig(restarts=args.restarts),
                             ambiguity=AmbiguityConfig(n_images=args.ambiguity_images))
-    return PipelineConfig(particles=args.particles,
+    refinement = RefineConfig(initial_lowpass=args.initial_lowpass, max_rounds=args.max_rounds, poses=args.poses,
+                              train_minutes=args.round_minutes)
+    return PipelineConfig(method=args.method, refinement=refinement, particles=args.particles,
                           particles_pixel_size=args.pixel_size if args.particles else None,
                           structure=args.structure, density=density,
                           simulation=simulation, reference=args.reference,

@@ -200,22 +200,43 @@ class TrainResult:
 
 @dataclass
 class _Schedule:
-    """Learning-rate and stopping decisions from the validation history (checkpointed)."""
+    """Learning-rate and stopping decisions (checkpointed): the validation history, and the
+    number of epochs planned from the time budget and the first epoch's speed."""
 
     lr_scale: float = 1.0
     best: float = math.inf
     since_best: int = 0
     since_decay: int = 0
+    planned_epochs: int | None = None
 
-    def update(self, value: float, patience: int) -> None:
+    def update(self, value: float, cfg: TrainConfig) -> None:
         if value < self.best * 0.99:
             self.best, self.since_best, self.since_decay = value, 0, 0
         else:
             self.since_best += 1
             self.since_decay += 1
-            if self.since_decay >= patience:
+            if cfg.schedule == "plateau" and self.since_decay >= cfg.patience:
                 self.lr_scale *= 0.5
                 self.since_decay = 0
+
+    def plan(self, epoch_seconds: list[float], elapsed: float, epochs_done: int, cfg: TrainConfig) -> None:
+        """How many epochs fit in the budget, re-planned after every epoch from the median epoch
+        time so far (a slow first epoch does not shorten the run); all of ``max_epochs``
+        without a budget."""
+        if cfg.minutes is None:
+            self.planned_epochs = cfg.max_epochs
+            return
+        per_epoch = max(float(np.median(epoch_seconds)), 1e-3)
+        fit = epochs_done + int(max(0.0, 60 * cfg.minutes - elapsed) // per_epoch)
+        self.planned_epochs = max(epochs_done, min(cfg.max_epochs, fit))
+
+    def lr(self, step: int, cfg: TrainConfig, fine_tuning: bool) -> float:
+        warm = 1.0 if fine_tuning else min(1.0, (step + 1) / cfg.warmup_steps)
+        if cfg.schedule == "plateau":
+            return cfg.lr * self.lr_scale * warm
+        total = (self.planned_epochs or cfg.max_epochs) * cfg.steps_per_epoch
+        t = min(1.0, step / max(total, 1))
+        return cfg.lr * warm * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def curriculum_factor(epoch: int, cfg: TrainConfig) -> float:
@@ -283,9 +304,9 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
         losses = []
         for k in range(cfg.steps_per_epoch):
             step = epoch * cfg.steps_per_epoch + k
-            warm = min(1.0, (step + 1) / cfg.warmup_steps) if init is None else 1.0
+            lr = schedule.lr(step, cfg, init is not None)
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * schedule.lr_scale * warm
+                group["lr"] = lr
             inputs, rot, designed = sampler.batch(cfg.batch_size, factor)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = batch_loss(model, inputs, rot.to(device), designed.to(device), cfg)
@@ -302,12 +323,13 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
             gathered = [None] * world
             dist.all_gather_object(gathered, sampler.state())
             samplers = gathered
-        decision = [None]
+        decision = [None, schedule.planned_epochs]
         if rank == 0:
             metrics = evaluate_model(net, *val, cfg.objective)
-            schedule.update(metrics["val_loss"], cfg.patience)
+            schedule.update(metrics["val_loss"], cfg)
+            schedule.plan([h["seconds"] for h in history] + [time.perf_counter() - t0], elapsed, epoch, cfg)
             record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "snr_factor": factor,
-                      "lr": cfg.lr * schedule.lr_scale, "seconds": round(time.perf_counter() - t0, 2),
+                      "lr": float(opt.param_groups[0]["lr"]), "seconds": round(time.perf_counter() - t0, 2),
                       **metrics}
             history.append(record)
             with open(outdir / "metrics.jsonl", "a") as fh:
@@ -321,10 +343,14 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
                      100 * record.get("val_within_15deg", math.nan), record["val_mae"], record["seconds"])
             if factor == 1.0 and schedule.since_best >= cfg.stop_patience:
                 decision[0] = "plateau"
-            elif cfg.minutes is not None and elapsed >= 60 * cfg.minutes:
+            elif epoch >= schedule.planned_epochs and epoch < cfg.max_epochs:
                 decision[0] = "budget"
+            elif cfg.minutes is not None and elapsed >= 1.25 * 60 * cfg.minutes:
+                decision[0] = "budget"  # the machine slowed down: the plan was too long
+            decision[1] = schedule.planned_epochs
         if world > 1:
             dist.broadcast_object_list(decision, src=0)
+            schedule.planned_epochs = decision[1]
         if decision[0] is not None:
             stopped_by = decision[0]
             break

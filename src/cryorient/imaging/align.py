@@ -128,3 +128,29 @@ def _translations(images: torch.Tensor, batch: Batch, maps: list[PreparedVolume]
         ref = render(maps[m], rotations[t], None, subset(batch.ctf, sel), pixel_size)
         out[t] = translation(images[t], ref, size / 6)
     return out
+
+
+def refine_poses(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared: PreparedVolume,
+                 rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float, steps: int = 15,
+                 lr_deg: float = 1.0, chunk: int = 1024, shift_limit_px: float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local refinement of every image's pose against one map: the rotation by gradient ascent
+    of the NCC (:func:`rotation_step`), then the translation by cross-correlation (within
+    ``shift_limit_px``, default a sixth of the box), both with images and projections
+    low-passed at ``cutoff`` cycles/px. ``origins_px (N, 2)`` are RELION origins in pixels of
+    these images. Returns the new ``(rotations, origins_px)``."""
+    n, box = images.shape[0], images.shape[-1]
+    limit = shift_limit_px if shift_limit_px is not None else box / 6
+    rot, origins = rotations.clone(), origins_px.clone()
+    which = np.zeros(n, dtype=np.int64)
+    for lo in range(0, n, chunk):
+        sl = slice(lo, min(lo + chunk, n))
+        imgs = lowpass_images(images[sl], cutoff)
+        c = subset(ctf, sl)
+        step = rotation_step(imgs, c, [prepared], which[sl], rot[sl], origins[sl], pixel_size, steps, lr_deg,
+                             cutoff)
+        with torch.no_grad():
+            rot[sl] = rot[sl] @ step
+            ref = lowpass_images(render(prepared, rot[sl], None, c, pixel_size), cutoff)
+            origins[sl] = -translation(imgs, ref, limit, lowpass_fraction=1.0)
+    return rot, origins

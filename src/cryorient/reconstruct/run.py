@@ -13,11 +13,10 @@ import torch
 
 from .. import plots
 from ..config import ReconstructConfig
-from ..density import match_grid
 from ..errors import CryorientError
 from ..imaging.accumulator import backproject, half_accumulators
 from ..imaging.batches import stack_batches
-from ..io import atomic_output, read_mrc, write_mrc
+from ..io import atomic_output, write_mrc
 from ..particles import ParticleStack
 from ..volumes import (
     Resolution,
@@ -50,17 +49,6 @@ class ReconstructionResult:
             out["resolution_vs_reference_05_angstrom"] = round(self.resolution_reference.angstrom, 3)
             out["reference_reaches_nyquist"] = self.resolution_reference.reached_nyquist
         return out
-
-
-def load_reference(path: str | Path, box: int, pixel_size: float) -> torch.Tensor:
-    """A reference map on the stack's grid, in its own frame (pad/crop, resample if needed)."""
-    data, voxel = read_mrc(path, "reference map")
-    if data.ndim != 3 or data.shape[0] < 2:
-        raise CryorientError(f"reference map {Path(path).name} must be a 3D volume, got {data.shape}")
-    if data.shape != (box, box, box) or abs(voxel - pixel_size) > 1e-3 * pixel_size:
-        log.warning("reference %s (%s at %.4g Å) resampled to box %d at %.4g Å in its own frame",
-                    Path(path).name, "x".join(map(str, data.shape[::-1])), voxel, box, pixel_size)
-    return match_grid(data, voxel, box, pixel_size)
 
 
 def reconstruct(stack: ParticleStack, rotations: torch.Tensor, opts: ReconstructConfig,

@@ -1,0 +1,290 @@
+"""Training speed and convergence (issue 15): today's code beside the code this bench ships
+with, on the same machine in one run.
+
+    python bench/train_speed.py                      # everything (about 2 h on 2 cores)
+    python bench/train_speed.py --only demo          # or: proteins finetune seed
+
+Cases (box 64, SNR 1/16, shifts up to 4 px):
+- demo: the demo's setting (3kpr_single, 2.5 Å/px, CTF); the new training for ``--demo-minutes``
+  and the previous commit's (``--old-commit``, run from a git worktree) for the same wall time:
+  validation MAE (rad), median pose error, epochs, peak memory;
+- proteins: a medium protein (3kpr chains A, B: HLA heavy chain + beta-2 microglobulin, ~45 kDa)
+  and two small ones (1ake_adk_closed, 3q4oA), 1.5 Å/px, N=2000, with and without CTF, the
+  exact structure as reference, the default budget: the network's pose error, after a local
+  refinement against the reference, and an exhaustive projection-matching search against the
+  same reference at the network's input sampling (32 px, 5° grid) beside it;
+- finetune: a model trained on 3kpr_single fine-tuned to the structure low-passed to 15 Å, and
+  to a copy with chains D, E moved by 10°: seconds until its validation MAE is back at the
+  trained model's;
+- seed: the original work's configuration (its encoder, cosine head, pairs objective) on its
+  5j0n map, clean and sigma^2 = 16, trained with the same speed-ups for ``--seed-minutes``,
+  recovered from its distances: median error beside the original's 11.4 / 14.6 deg.
+Writes bench/results/train_speed*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import print_table, run_isolated, write_results
+
+REPO = Path(__file__).resolve().parents[1]
+OLD_COMMIT = "e4edf8d"  # the last commit before this bench's training changes
+
+SIMULATE = """
+import json, torch
+from pathlib import Path
+from cryorient.config import DensityConfig, SimulationConfig
+from cryorient.simulate.run import run_simulation
+out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
+r = run_simulation("{structure}", DensityConfig(box=64, pixel_size={px}, chains={chains}),
+                   SimulationConfig(n_particles={n}, snr={snr}, noise_variance={noise}, max_shift_px=4.0, ctf={ctf}),
+                   out, torch.Generator().manual_seed(3))
+print(json.dumps({{"snr": r.truth.measured_snr}}))
+"""
+
+NEW_TRAIN = """
+import json, time, torch
+from pathlib import Path
+from cryorient.config import AugmentationConfig, DensityConfig, ModelConfig, TrainConfig
+from cryorient.density import load_volume
+from cryorient.distance.data import imaging_from_stack
+from cryorient.distance.preprocess import default_input
+from cryorient.distance.train import train_on_reference
+from cryorient.particles import read_particles
+stack = read_particles("{star}").blind()
+density = DensityConfig(box=64, pixel_size=stack.pixel_size, chains={chains})
+volume = load_volume("{reference}", density)
+imaging = imaging_from_stack(stack, volume, density.resolved_resolution())
+size, px = default_input(64, stack.pixel_size, 32)
+model = ModelConfig(input_size=size, input_pixel_size=px, phase_flip=stack.ctf() is not None, **{model})
+cfg = TrainConfig(minutes={minutes}, model=model, **{train})
+out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
+t = time.perf_counter()
+r = train_on_reference(volume, imaging, cfg, out, init={init})
+print(json.dumps({{"seconds": round(time.perf_counter() - t, 1), "epochs": r.epochs, "stopped_by": r.stopped_by,
+                  "val_mae": r.final["val_mae"], "val_median_deg": r.final["val_median_deg"],
+                  "history": [(h["epoch"], h["val_mae"]) for h in r.history],
+                  "elapsed": [sum(x["seconds"] for x in r.history[:k + 1]) for k in range(len(r.history))]}}))
+"""
+
+POSES = """
+import json, math, torch
+from cryorient.config import DensityConfig
+from cryorient.density import load_volume
+from cryorient.distance.predict import embed_stack
+from cryorient.distance.train import load_model
+from cryorient.evaluation import evaluate, truth_of
+from cryorient.fourier import fourier_resize, fourier_resize_volume
+from cryorient.imaging.align import refine_poses
+from cryorient.imaging.projector import prepare_volume
+from cryorient.particles import read_particles
+from cryorient.refine.search import global_search
+from cryorient import so3
+full = read_particles("{star}"); truth = truth_of(full); stack = full.blind()
+volume = load_volume("{reference}", DensityConfig(box=64, pixel_size=stack.pixel_size, chains={chains}))
+def med(r):
+    return round(math.degrees(float(evaluate(r, truth.rotations).errors["rotation"].median())), 2)
+net = embed_stack(load_model("{model}"), stack).view(-1, 3, 3)
+s = 32; px = stack.pixel_size * 64 / s
+images = fourier_resize(stack.images.read(), s)
+prepared = prepare_volume(fourier_resize_volume(volume, s))
+zero = torch.zeros(stack.n, 2)
+refined, _ = refine_poses(images, stack.ctf(), px, prepared, net, zero, cutoff=0.5, steps=30)
+found = global_search(images, stack.ctf(), px, prepared, so3.grid(5.0), cutoff=0.5, max_shift_px=3.0)
+print(json.dumps({{"network_deg": med(net), "network_refined_deg": med(refined), "search_deg": med(found.rotations),
+                  "random_deg": med(so3.sample_rotations(stack.n, torch.Generator().manual_seed(0)))}}))
+"""
+
+
+def old_train(tmp: Path, star: Path, minutes: float) -> dict:
+    """The previous commit's ``cryorient train`` for about ``minutes`` (its epochs are fixed: we
+    give it the number it does in that time, measured from its first epoch)."""
+    tree = tmp / "old"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), OLD_COMMIT], check=True,
+                       capture_output=True)
+    env = {**__import__("os").environ, "PYTHONPATH": str(tree / "src")}
+    out = tmp / "old_train"
+    shutil.rmtree(out, ignore_errors=True)
+    probe = subprocess.run([sys.executable, "-m", "cryorient", "train", "--reference", "3kpr_single", "--particles",
+                            str(star), "--epochs", "1", "--outdir", str(out), "--quiet"], env=env, check=True,
+                           capture_output=True, text=True)
+    del probe
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
+    epochs = max(1, int(minutes * 60 // first))
+    shutil.rmtree(out)
+    code = (
+        "import json, resource, subprocess, sys, time\n"
+        f"t = time.perf_counter()\n"
+        f"subprocess.run([sys.executable, '-m', 'cryorient', 'train', '--reference', '3kpr_single', '--particles', "
+        f"'{star}', '--epochs', '{epochs}', '--outdir', '{out}', '--quiet'], check=True)\n"
+        f"rows = [json.loads(x) for x in open('{out}/metrics.jsonl')]\n"
+        "print(json.dumps({'seconds': round(time.perf_counter() - t, 1), 'epochs': len(rows), "
+        "'val_mae': rows[-1]['val_mae'], 'history': [(r['epoch'], r['val_mae']) for r in rows]}))\n")
+    r = run_isolated(code.replace("import json, resource", "import os; os.environ['PYTHONPATH'] = "
+                                  f"'{tree / 'src'}'\nimport json, resource"))
+    r["peak_rss_gib"] = None  # the child's child is the trainer; its memory is not measured here
+    return r
+
+
+def demo(tmp: Path, minutes: float) -> list[dict]:
+    sim = tmp / "demo_sim"
+    run_isolated(SIMULATE.format(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
+                                 noise=None, ctf=True))
+    rows = []
+    new = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference="3kpr_single", chains=None, model={},
+                                        minutes=minutes, train={}, out=tmp / "demo_new", init=None))
+    rows.append({"code": "this commit", **{k: new[k] for k in ("seconds", "epochs", "val_mae", "val_median_deg",
+                                                             "peak_rss_gib")}})
+    reached = [t for t, (_, mae) in zip(new["elapsed"], new["history"]) if mae <= 0.21]
+    rows[-1]["minutes_to_0.21"] = round(reached[0] / 60, 1) if reached else None
+    old = old_train(tmp, sim / "particles.star", minutes)
+    rows.append({"code": f"previous ({OLD_COMMIT})", "seconds": old["seconds"], "epochs": old["epochs"],
+                 "val_mae": old["val_mae"], "val_median_deg": None, "peak_rss_gib": None, "minutes_to_0.21": None})
+    for r in rows:
+        print(r, flush=True)
+    return rows
+
+
+PROTEINS = [("medium", "3kpr", "('A', 'B')"), ("small", "1ake_adk_closed", "None"), ("small", "3q4oA", "None")]
+
+
+def proteins(tmp: Path, minutes: float) -> list[dict]:
+    rows = []
+    for size, structure, chains in PROTEINS:
+        for ctf in (False, True):
+            name = f"{structure}_{'ctf' if ctf else 'noctf'}"
+            sim = tmp / name
+            run_isolated(SIMULATE.format(out=sim, structure=structure, px=1.5, chains=chains, n=2000, snr="1/16",
+                                         noise=None, ctf=ctf))
+            tr = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference=structure, chains=chains,
+                                               model={}, minutes=minutes, train={}, out=sim / "train", init=None))
+            poses = run_isolated(POSES.format(star=sim / "particles.star", reference=structure, chains=chains,
+                                              model=sim / "train" / "model.pt"))
+            rows.append({"protein": f"{structure} ({size})", "ctf": ctf, "train_min": round(tr["seconds"] / 60, 1),
+                         "epochs": tr["epochs"], "val_median_deg": round(tr["val_median_deg"], 1), **poses})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def finetune(tmp: Path) -> list[dict]:
+    sim = tmp / "demo_sim"
+    if not (sim / "particles.star").is_file():
+        run_isolated(SIMULATE.format(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
+                                     noise=None, ctf=True))
+    base = tmp / "demo_new" / "model.pt"
+    if not base.is_file():
+        run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference="3kpr_single", chains=None, model={},
+                                      minutes=5, train={}, out=tmp / "demo_new", init=None))
+    target = json.loads(Path(tmp / "demo_new" / "metrics.jsonl").read_text().splitlines()[-1])["val_mae"]
+    moved = tmp / "moved10.cif"
+    run_isolated(f"""
+import json
+from cryorient.structure import move_domain, read_atoms, resolve_structure, write_structure
+write_structure(move_domain(read_atoms(resolve_structure("3kpr_single")), ("D", "E"), 10.0), "{moved}")
+print(json.dumps({{}}))
+""")
+    rows = []
+    for name, reference, lowpass in (("low-passed to 15 Å", "3kpr_single", 15.0), ("domain moved 10°", moved, None)):
+        code = NEW_TRAIN.format(star=sim / "particles.star", reference=reference, chains=None, model={},
+                                minutes=1.0, train={"curriculum_epochs": 1}, out=tmp / f"ft_{len(rows)}",
+                                init=f"'{base}'")
+        if lowpass:
+            code = code.replace("volume = load_volume(", "from cryorient.volumes import lowpass_to_resolution\n"
+                                "volume = lowpass_to_resolution(load_volume(").replace(
+                "density)\nimaging", f"density), stack.pixel_size, {lowpass})\nimaging")
+        r = run_isolated(code)
+        back = [t for t, (_, mae) in zip(r["elapsed"], r["history"]) if mae <= target * 1.02]
+        rows.append({"change": name, "trained_val_mae": round(target, 3), "first_epoch_val_mae": r["history"][0][1],
+                     "final_val_mae": round(r["val_mae"], 3), "seconds_back": round(back[0]) if back else None})
+        print(rows[-1], flush=True)
+    return rows
+
+
+SEED_RECOVER = """
+import json, math, torch
+from cryorient.config import LocalRefineConfig, RecoverConfig
+from cryorient.distance.predict import model_source
+from cryorient.evaluation import evaluate, truth_of
+from cryorient.orientation.run import run_recovery
+from cryorient.particles import read_particles
+full = read_particles("{star}"); truth = truth_of(full)
+stack = full.blind().with_half_sets(torch.Generator().manual_seed(0))
+src, nn = model_source(stack, "{model}", 16)
+out = run_recovery(stack, src, RecoverConfig(refine=LocalRefineConfig(rounds=0)), torch.Generator().manual_seed(0), nn)
+ev = evaluate(out.rotations, truth.rotations)
+print(json.dumps({{"median_deg": round(math.degrees(float(ev.errors["rotation"].median())), 2),
+                  "o4_median_deg": round(math.degrees(float(ev.o4_errors.median())), 2)}}))
+"""
+
+
+def seed(tmp: Path, seed_map: Path, minutes: float) -> list[dict]:
+    rows = []
+    for name, noise, original in (("clean", "0.0", 11.4), ("sigma2=16", "16.0", 14.6)):
+        sim = tmp / f"seed_{name}"
+        run_isolated(SIMULATE.format(out=sim, structure=seed_map, px=3.6667, chains=None, n=5000,
+                                     snr="float('inf')", noise=noise, ctf=False).replace(
+            "DensityConfig(box=64, pixel_size=3.6667, chains=None)",
+            "DensityConfig(box=64, pixel_size=3.6667, resolution=7.4)"))
+        tr = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference=seed_map, chains=None,
+                                           model={"encoder": "seed", "head": "cosine"}, minutes=minutes,
+                                           train={"objective": "pairs", "loss": "l1"}, out=sim / "train", init=None))
+        rec = run_isolated(SEED_RECOVER.format(star=sim / "particles.star", model=sim / "train" / "model.pt"))
+        rows.append({"case": f"5j0n {name}", "train_min": round(tr["seconds"] / 60, 1), "epochs": tr["epochs"],
+                     "val_mae": round(tr["val_mae"], 3), **rec, "original_deg": original})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", nargs="*", default=None, help="demo proteins finetune seed")
+    ap.add_argument("--demo-minutes", type=float, default=5.0)
+    ap.add_argument("--minutes", type=float, default=10.0, help="budget of the protein cases")
+    ap.add_argument("--seed-minutes", type=float, default=15.0)
+    ap.add_argument("--seed-map", default=str(REPO.parent / "shared" / "structures" / "5j0n_seed_map.mrc"))
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-train-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    results = {}
+
+    def wanted(name: str) -> bool:
+        return args.only is None or name in args.only
+
+    if wanted("demo"):
+        results["demo"] = demo(tmp, args.demo_minutes)
+        print_table(results["demo"], [("code", "code"), ("seconds", "s"), ("epochs", "epochs"),
+                                      ("val_mae", "val MAE rad"), ("val_median_deg", "val median °"),
+                                      ("minutes_to_0.21", "min to MAE 0.21"), ("peak_rss_gib", "peak GiB")],
+                    f"Demo setting, {args.demo_minutes:g} min of training each")
+    if wanted("proteins"):
+        results["proteins"] = proteins(tmp, args.minutes)
+        print_table(results["proteins"], [("protein", "protein"), ("ctf", "CTF"), ("train_min", "train min"),
+                                          ("val_median_deg", "val median °"), ("network_deg", "network °"),
+                                          ("network_refined_deg", "+ local refinement °"),
+                                          ("search_deg", "projection matching °"), ("random_deg", "random °")],
+                    "Pose error vs truth, box 64 at 1.5 Å/px, SNR 1/16, N=2000")
+    if wanted("finetune"):
+        results["finetune"] = finetune(tmp)
+        print_table(results["finetune"], [("change", "reference change"), ("trained_val_mae", "trained MAE"),
+                                          ("first_epoch_val_mae", "after 1 epoch"), ("final_val_mae", "after 1 min"),
+                                          ("seconds_back", "s back to trained MAE")], "Fine-tuning")
+    if wanted("seed"):
+        results["seed"] = seed(tmp, Path(args.seed_map).resolve(), args.seed_minutes)
+        print_table(results["seed"], [("case", "case"), ("train_min", "train min"), ("epochs", "epochs"),
+                                      ("val_mae", "val MAE"), ("median_deg", "median ° (physical)"),
+                                      ("o4_median_deg", "O(4) median °"), ("original_deg", "original ° (O(4))")],
+                    "The original's configuration with cryorient's speed-ups")
+    write_results("train_speed" if args.only is None else "train_speed_" + "_".join(args.only), results)
+
+
+if __name__ == "__main__":
+    main()

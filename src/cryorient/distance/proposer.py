@@ -1,0 +1,68 @@
+"""Pose proposals from a network, for the refinement loop (:class:`cryorient.refine.loop.PoseProposer`).
+
+Per half set and round: a network is trained (first round) or fine-tuned from the previous
+round's (later rounds) on projections of that half's current map, made like the particles
+(CTF, SNR, shifts), for a short budget; its rotation head's output for each particle is the
+proposed pose, in the map's frame. Its validation (median pose error on projections of the
+same map) is returned with the proposal, so the loop can fall back on the global search when
+the network has not learned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..config import AugmentationConfig, ModelConfig, TrainConfig
+from ..particles import ParticleStack
+from .data import ImagingModel
+from .predict import embed_stack
+from .preprocess import default_input
+from .train import load_model, train_on_reference
+
+
+@dataclass(frozen=True)
+class NetworkProposal:
+    rotations: torch.Tensor | None
+    val_median_deg: float
+    weak: bool
+
+
+@dataclass
+class NetworkProposer:
+    imaging: ImagingModel  # measured on the whole stack
+    workdir: Path
+    train_minutes: float = 2.0
+    finetune_minutes: float = 0.5
+    input_size: int = 32
+    seed: int = 0
+    device: torch.device | None = None
+    models: dict = field(default_factory=dict)  # half -> the last model trained for it
+    name: str = "network"
+
+    def propose(self, particles: ParticleStack, volume: torch.Tensor, resolution: float, half: int,
+                round_index: int) -> NetworkProposal:
+        outdir = self.workdir / f"round_{round_index:02d}" / f"half{half + 1}"
+        (outdir / "figures").mkdir(parents=True, exist_ok=True)
+        size, input_px = default_input(particles.box, particles.pixel_size, self.input_size)
+        model = ModelConfig(input_size=size, input_pixel_size=input_px,
+                            phase_flip=particles.ctf() is not None)
+        init = self.models.get(half)
+        first = init is None
+        cfg = TrainConfig(minutes=self.train_minutes if first else self.finetune_minutes, model=model,
+                          curriculum_epochs=TrainConfig().curriculum_epochs if first else 1,
+                          augmentation=AugmentationConfig(lowpass_range_angstrom=(0.0, 0.0)))
+        # this half's CTF parameters only: nothing of the other half reaches it
+        imaging = replace(self.imaging, ctf=particles.ctf())
+        seed = self.seed * 100 + round_index * 2 + half
+        result = train_on_reference(volume, imaging, cfg, outdir, seed=seed, init=init, device=self.device)
+        median = float(result.final.get("val_median_deg", math.nan))
+        if result.weak:
+            return NetworkProposal(None, median, True)
+        self.models[half] = result.model_path
+        net = load_model(result.model_path).to(self.device)
+        return NetworkProposal(embed_stack(net, particles).view(-1, 3, 3), median, False)
+

@@ -1,0 +1,314 @@
+"""The gold-standard refinement loop: from a reference low-passed to a start resolution to
+the particles' own structure, with two independent half sets.
+
+    round r, half h (its particles, its own map V_h, never the other half's):
+      map       V_h low-passed at the current resolution, resampled so that Nyquist sits just
+                above it (the images too: the work shrinks with the resolution)
+      proposals candidates for each particle's pose: its previous pose; the global search on an
+                orientation grid (while the resolution is coarser than ``search_until_angstrom``);
+                with ``poses="network"``, a network trained (first round) or fine-tuned (later)
+                on projections of that map made like the particles, unless its validation says
+                it cannot be trusted. The candidate that scores best against the map wins.
+      local     rotations by gradient ascent of the NCC, translations by cross-correlation
+    both halves: reconstruct each half map at full size; their FSC at 0.143 is the next
+    round's resolution. Stop when it has not improved by 2% for ``stop_rounds`` rounds.
+
+Round 0 starts both halves from the same low-passed reference (as RELION does); from then on
+nothing of one half reaches the other. The poses stay in the reference's frame and hand. When
+the half maps do not agree beyond the start resolution, there is no signal at the
+reference's resolution: the result says so instead of reporting a resolution (a noise stack
+aligned to a reference reproduces the reference below the start resolution only).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import roma
+import torch
+
+from ..config import RefineConfig
+from ..ctf import CTFParams, subset
+from ..fourier import fourier_resize, fourier_resize_volume, lowpass_images
+from ..imaging.accumulator import half_accumulators
+from ..imaging.align import refine_poses
+from ..imaging.batches import stack_batches
+from ..imaging.projector import prepare_volume
+from ..imaging.render import render
+from ..imaging.translation import translation
+from ..particles import ParticleStack
+from ..so3 import grid as so3_grid
+from ..so3 import rotmat_distance
+from ..volumes import Resolution, fsc, lowpass_to_resolution, resolution_at, soft_sphere_mask
+from .search import global_search
+
+log = logging.getLogger(__name__)
+SIGNAL_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class Proposal:
+    rotations: torch.Tensor | None  # (n, 3, 3) in the map's frame; None: no usable proposal
+    val_median_deg: float  # the proposer's own validation (median pose error)
+    weak: bool  # the validation says the proposals cannot be trusted
+
+
+class PoseProposer(Protocol):
+    """Who proposes poses for one half set in one round (``cryorient.distance.proposer``:
+    a network trained on projections of the half's map)."""
+
+    name: str
+
+    def propose(self, particles: ParticleStack, volume: torch.Tensor, resolution: float, half: int,
+                round_index: int) -> Proposal: ...
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    resolution_angstrom: float  # the resolution the maps were low-passed to for this round
+    fsc_resolution_angstrom: float  # the half maps' FSC 0.143 after it
+    size_px: int
+    proposals: str  # the candidates and the share of particles each won, per half joined by /
+    search_step_deg: float | None
+    angular_change_deg: float  # median change of the poses from the previous round
+    seconds: float
+    network_val_median_deg: tuple | None = None
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    rotations: torch.Tensor  # (N, 3, 3) in the reference's frame
+    origins_angstrom: torch.Tensor  # (N, 2)
+    confidence: torch.Tensor  # (N,) posterior mass of the final pose among its neighbours
+    half_maps: tuple[torch.Tensor, torch.Tensor]
+    map: torch.Tensor  # both halves, low-passed at the final resolution
+    fsc_halves: np.ndarray
+    resolution: Resolution
+    start_resolution: float
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+    @property
+    def signal(self) -> bool:
+        """The half maps agree clearly beyond the start resolution: to at least 0.8 of it. (Pure
+        noise aligned to a reference gives half maps that agree to about 0.9 of it: measured
+        22.6 Å from a 25 Å start, tests/test_refine.py.)"""
+        return self.resolution.angstrom < SIGNAL_FRACTION * self.start_resolution
+
+    def warnings(self) -> list[str]:
+        out = []
+        if not self.signal:
+            out.append(f"the half maps do not agree beyond the starting resolution "
+                       f"({self.start_resolution:.0f} Å): the data hold no signal at the reference's "
+                       "resolution; no resolution is reported")
+        return out
+
+
+def particle_radius(volume: torch.Tensor, fraction: float = 0.99) -> float:
+    """Radius (px) about the centre holding ``fraction`` of the positive density."""
+    box = volume.shape[-1]
+    c = torch.arange(box, dtype=torch.float32) - box // 2
+    r = torch.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2).flatten()
+    mass = volume.clamp_min(0).flatten().cpu()
+    order = torch.argsort(r)
+    cum = torch.cumsum(mass[order], 0)
+    k = int(torch.searchsorted(cum, fraction * cum[-1]))
+    return float(r[order][min(k, r.numel() - 1)])
+
+
+def round_size(box: int, pixel_size: float, resolution: float, cfg: RefineConfig) -> int:
+    """Even image size whose Nyquist is ``resolution / (2 x oversample)``, within [min, box]."""
+    s = 2 * math.ceil(cfg.oversample * box * pixel_size / resolution)
+    return int(min(box, max(cfg.min_size, s)))
+
+
+def search_step(resolution: float, radius_angstrom: float, cfg: RefineConfig) -> float:
+    """Angular step (degrees) that moves the particle's rim by about the resolution / 2."""
+    step = math.degrees(resolution / (2 * radius_angstrom))
+    return min(cfg.search_step_max_deg, max(cfg.search_step_min_deg, step))
+
+
+def _score_pose(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
+                rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """NCC of each image with its reprojection at the given pose (both low-passed)."""
+    from ..imaging.align import ncc
+
+    out = torch.empty(images.shape[0])
+    for lo in range(0, images.shape[0], 1024):
+        sl = slice(lo, lo + 1024)
+        proj = render(prepared, rotations[sl], -origins_px[sl], subset(ctf, sl), pixel_size)
+        out[sl] = ncc(lowpass_images(images[sl], cutoff), lowpass_images(proj, cutoff)).cpu()
+    return out
+
+
+def local_confidence(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
+                     rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float, step_deg: float
+                     ) -> torch.Tensor:
+    """Posterior mass of each pose against its 12 neighbours (rotations by +-step about each
+    axis, twice): ``exp(K ncc^2 / 2)`` normalised (see :mod:`cryorient.refine.search`)."""
+    from .search import band
+
+    _, weights = band(images.shape[-1], cutoff)
+    k_real = float(weights.sum())
+    axes = torch.cat([torch.eye(3), -torch.eye(3)])
+    deltas = torch.cat([torch.eye(3)[None], roma.rotvec_to_rotmat(axes * math.radians(step_deg)),
+                        roma.rotvec_to_rotmat(axes * math.radians(2 * step_deg))])  # (13, 3, 3)
+    scores = torch.stack([_score_pose(images, ctf, pixel_size, prepared, rotations @ d, origins_px, cutoff)
+                          for d in deltas], dim=1)
+    return torch.softmax(0.5 * k_real * scores.clamp_min(0) ** 2, dim=1)[:, 0]
+
+
+def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
+           proposer: PoseProposer | None = None, device=None,
+           progress: Callable[[str], None] | None = None,
+           on_round: Callable[[int, torch.Tensor], None] | None = None) -> RefineResult:
+    """Refine ``stack`` (blind, with half sets) from ``reference`` (a volume on the stack's grid,
+    in the frame the poses are wanted in). ``proposer`` (when ``cfg.poses`` is ``network``)
+    proposes poses each round; the global search stands in when it is weak. ``on_round(r,
+    rotations)`` sees each round's poses (benchmarks judge them; the loop does not)."""
+    box, px = stack.box, stack.pixel_size
+    n = stack.n
+    halves = stack.half_sets()
+    ctf = stack.ctf()
+    radius = particle_radius(lowpass_to_resolution(reference, px, cfg.initial_lowpass)) * px
+    start = lowpass_to_resolution(reference.float(), px, cfg.initial_lowpass)
+    maps = [start, start]
+    res = cfg.initial_lowpass
+    rot = torch.eye(3).repeat(n, 1, 1)
+    origins = torch.zeros(n, 2)  # Å
+    have_poses = False
+    records: list[RoundRecord] = []
+    best, since_best = math.inf, 0
+    mask = soft_sphere_mask(box)
+    for r in range(cfg.max_rounds):
+        t0 = time.perf_counter()
+        s = round_size(box, px, res, cfg)
+        px_s = px * box / s
+        cutoff = min(0.5, px_s / res)
+        new_rot, new_origins = rot.clone(), origins.clone()
+        proposals, val_medians, step = [], [], None
+        for h, idx in enumerate(halves):
+            images = fourier_resize(stack.images.read(idx), s).to(device)
+            ctf_h = subset(ctf, idx)
+            prepared = prepare_volume(fourier_resize_volume(
+                lowpass_to_resolution(maps[h], px, res), s).to(device))
+            t_idx = torch.as_tensor(idx)
+            r_h, o_h = rot[t_idx].to(device), (origins[t_idx] / px_s).to(device)
+            candidates: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            if have_poses:
+                candidates["previous"] = (r_h, o_h)
+            if not have_poses or res >= cfg.search_until_angstrom:
+                step = search_step(res, radius, cfg)
+                # the first search looks for the particles' offsets too; later ones around the
+                # current origins
+                window = cfg.max_shift_fraction * s if not have_poses else 1.5
+                found = global_search(images, ctf_h, px_s, prepared, so3_grid(step).to(device), cutoff, window,
+                                      origins_px=o_h if have_poses else None)
+                candidates["search"] = (found.rotations.to(device), -found.shifts_px.to(device))
+            if cfg.poses == "network" and proposer is not None:
+                prop = proposer.propose(stack.subset(idx), lowpass_to_resolution(maps[h], px, res), res, h, r)
+                val_medians.append(prop.val_median_deg)
+                if not prop.weak and prop.rotations is not None:
+                    r_net = prop.rotations.to(device)
+                    # the network gives rotations; the offsets: the current ones, or (first
+                    # round) the cross-correlation peak against the reprojections
+                    o_net = o_h if have_poses else _offsets(images, ctf_h, px_s, prepared, r_net, cutoff,
+                                                            cfg.max_shift_fraction * s)
+                    candidates["network"] = (r_net, o_net)
+            (r_h, o_h), shares = _best_candidates(images, ctf_h, px_s, prepared, cutoff, candidates)
+            how = " + ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())
+            if cfg.local_steps > 0:
+                r_h, o_h = refine_poses(images, ctf_h, px_s, prepared, r_h, o_h, cutoff, cfg.local_steps)
+            new_rot[t_idx], new_origins[t_idx] = r_h.cpu(), (o_h * px_s).cpu()
+            proposals.append(how)
+            if progress is not None:
+                progress(f"round {r}, half {h + 1}: {how}")
+        change = float(torch.rad2deg(rotmat_distance(new_rot, rot).median())) if have_poses else math.nan
+        rot, origins, have_poses = new_rot, new_origins, True
+        if on_round is not None:
+            on_round(r, rot)
+        h1, h2 = _half_maps(stack, halves, rot, origins, cfg, device)
+        curve = fsc(h1, h2, mask)
+        resolution = resolution_at(curve, box, px, 0.143)
+        maps = [h1, h2]
+        records.append(RoundRecord(r, res, resolution.angstrom, s, "/".join(proposals), step, change,
+                                   time.perf_counter() - t0, tuple(val_medians) if val_medians else None))
+        log.info("round %d: aligned at %.1f Å (%d px, %s), half maps %.2f Å, median change %.1f°, %.0f s",
+                 r, res, s, records[-1].proposals, resolution.angstrom, change, records[-1].seconds)
+        if resolution.angstrom < 0.98 * best:
+            best, since_best = resolution.angstrom, 0
+        else:
+            since_best += 1
+        # the next round aligns at the half maps' resolution, but at most ``max_gain`` finer than
+        # this one: a resolution raised too fast leaves poses outside the basin of the finer map
+        res = max(resolution.angstrom, res / cfg.max_gain, 2 * px)
+        if since_best >= cfg.stop_rounds and change < cfg.converged_deg:
+            break
+    # final: both halves, FSC, filtered map, confidence at the final sampling
+    acc1, acc2 = half_accumulators(lambda i: stack_batches(stack, cfg.batch_size, i, device=device), halves,
+                                   rot.to(device), (origins / px).to(device), px, box, device=device)
+    h1, h2 = acc1.finalize(cfg.wiener).cpu(), acc2.finalize(cfg.wiener).cpu()
+    curve = fsc(h1, h2, mask)
+    resolution = resolution_at(curve, box, px, 0.143)
+    full = lowpass_to_resolution((acc1 + acc2).finalize(cfg.wiener).cpu(), px, resolution.angstrom)
+    confidence = _confidence(stack, halves, [h1, h2], rot, origins, resolution.angstrom, radius, cfg, device)
+    return RefineResult(rot, origins, confidence, (h1, h2), full, curve, resolution, cfg.initial_lowpass,
+                        records)
+
+
+def _half_maps(stack: ParticleStack, halves, rot: torch.Tensor, origins: torch.Tensor, cfg: RefineConfig,
+               device) -> tuple[torch.Tensor, torch.Tensor]:
+    px = stack.pixel_size
+    accs = half_accumulators(lambda i: stack_batches(stack, cfg.batch_size, i, device=device), halves,
+                             rot.to(device), (origins / px).to(device), px, stack.box, device=device)
+    return accs[0].finalize(cfg.wiener).cpu(), accs[1].finalize(cfg.wiener).cpu()
+
+
+def _confidence(stack: ParticleStack, halves, maps, rot, origins, resolution: float, radius: float,
+                cfg: RefineConfig, device) -> torch.Tensor:
+    box, px = stack.box, stack.pixel_size
+    res = max(resolution, 2 * px)
+    s = round_size(box, px, res, cfg)
+    px_s = px * box / s
+    cutoff = min(0.5, px_s / res)
+    step = math.degrees(res / (2 * radius))
+    out = torch.empty(stack.n)
+    for h, idx in enumerate(halves):
+        t_idx = torch.as_tensor(idx)
+        images = fourier_resize(stack.images.read(idx), s).to(device)
+        prepared = prepare_volume(fourier_resize_volume(
+            lowpass_to_resolution(maps[h], px, res), s).to(device))
+        out[t_idx] = local_confidence(images, subset(stack.ctf(), idx), px_s, prepared, rot[t_idx].to(device),
+                                      (origins[t_idx] / px_s).to(device), cutoff, step)
+    return out
+
+
+def _offsets(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared, rotations: torch.Tensor,
+             cutoff: float, limit_px: float) -> torch.Tensor:
+    """RELION origins (px) of each image against its reprojection at the given rotation."""
+    out = torch.empty(images.shape[0], 2, device=images.device)
+    for lo in range(0, images.shape[0], 1024):
+        sl = slice(lo, lo + 1024)
+        ref = lowpass_images(render(prepared, rotations[sl], None, subset(ctf, sl), pixel_size), cutoff)
+        out[sl] = -translation(lowpass_images(images[sl], cutoff), ref, limit_px, lowpass_fraction=1.0)
+    return out
+
+
+def _best_candidates(images, ctf, pixel_size, prepared, cutoff, candidates: dict) -> tuple[tuple, dict]:
+    """Per particle, the candidate pose (rotations, origins) that scores best against the map,
+    and the share of the particles each candidate won."""
+    names = list(candidates)
+    if len(names) == 1:
+        return candidates[names[0]], {names[0]: 1.0}
+    scores = torch.stack([_score_pose(images, ctf, pixel_size, prepared, *candidates[k], cutoff) for k in names])
+    best = scores.argmax(dim=0).to(images.device)
+    rows = torch.arange(images.shape[0], device=images.device)
+    rot = torch.stack([candidates[k][0] for k in names])[best, rows]
+    org = torch.stack([candidates[k][1] for k in names])[best, rows]
+    return (rot, org), {k: float((best == i).float().mean()) for i, k in enumerate(names)}
