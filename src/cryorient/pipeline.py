@@ -8,8 +8,8 @@ drawn once). Each stage writes its own subdirectory atomically (staged, renamed 
 complete) and records its configuration digest and its typed result (``stage.json``).
 Re-running the same command skips completed stages (their results are read back through
 their types), resumes an interrupted training from its checkpoint, and refuses to mix stages
-made with another configuration. Models trained on a reference are cached by everything that
-shaped them, so a rerun (or another run on the same data) does not retrain.
+made with another configuration. Distance models trained on a reference are cached (in
+``$CRYORIENT_CACHE``) by everything that shaped them, so a rerun does not retrain.
 """
 
 from __future__ import annotations
@@ -56,12 +56,6 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def _shipped_models() -> Path:
-    import importlib.resources
-
-    return Path(str(importlib.resources.files("cryorient") / "data" / "models"))
-
-
 def snr_class(snr: float) -> str:
     """The SNR as it enters the cache key: its half-octave (robust to estimation jitter)."""
     if math.isinf(snr):
@@ -82,11 +76,8 @@ def model_cache_key(reference: str, chains, imaging: dict, train_cfg, seed: int)
 
 
 def find_cached_model(key: str) -> Path | None:
-    for root in (cache_dir() / "models", _shipped_models()):
-        candidate = root / f"{key}.pt"
-        if candidate.is_file():
-            return candidate
-    return None
+    candidate = cache_dir() / "models" / f"{key}.pt"
+    return candidate if candidate.is_file() else None
 
 
 # --- typed stage results (stage.json holds them; a skipped stage reads them back) ----------
@@ -172,7 +163,6 @@ class Stages:
 @dataclass(frozen=True)
 class RefineStageResult:
     rounds: int
-    proposals: str  # of the last round
     half_map_fsc_resolution_angstrom: float
     resolution_angstrom: float | None  # None: no signal beyond the start resolution
     start_resolution_angstrom: float
@@ -316,7 +306,7 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
     curve = fsc(result.map, reference, soft_sphere_mask(blind.box))
     freqs = shell_frequencies(blind.box, blind.pixel_size)
     beyond = curve[freqs > 1.0 / rc.initial_lowpass]
-    out = RefineStageResult(len(result.rounds), result.rounds[-1].proposals, result.resolution.angstrom,
+    out = RefineStageResult(len(result.rounds), result.resolution.angstrom,
                             metrics["resolution_angstrom"], rc.initial_lowpass, metrics["confidence_median"],
                             float(beyond.max()) if beyond.size else 0.0, result.warnings())
     if truth is not None:
@@ -496,7 +486,7 @@ def three_line_summary(summary: RunSummary, outdir: Path) -> list[str]:
     if summary.refine is not None:
         r = summary.refine
         lines = [f"{head}; refined from {summary.reference} low-passed to {r.start_resolution_angstrom:.0f} Å "
-                 f"in {r.rounds} rounds ({r.proposals} proposals); median confidence {r.confidence_median:.2f}"]
+                 f"in {r.rounds} rounds; median confidence {r.confidence_median:.2f}"]
         if r.median_error_deg is not None:
             lines.append(f"orientations: median error {r.median_error_deg:.2f}°, 90th pct {r.p90_error_deg:.1f}° "
                          f"(vs truth), hand as reference")
