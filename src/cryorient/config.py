@@ -9,6 +9,7 @@ flag (the CLI words its own errors).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -16,6 +17,17 @@ from .errors import CryorientError, require, require_positive
 
 DEFAULT_STRUCTURE = "3kpr_single"
 DEFAULT_WIENER = 0.005  # lambda / mean(sum CTF^2) of the direct Fourier inversion
+
+
+SYMMETRY_NAMES = re.compile(r"(C\d+|D\d+|CI|CS|T|O|I[1-4]?)")
+
+
+def check_symmetry(name: str) -> str:
+    """A point group as RELION names it (case-insensitive): C1, Cn, Dn, T, O, I (I1-I4), Ci, Cs."""
+    key = str(name).strip().upper()
+    require(SYMMETRY_NAMES.fullmatch(key) is not None and key not in ("C0", "D0"),
+            f"unknown symmetry {name!r}; use RELION's point-group names: C1, Cn, Dn, T, O, I (I1-I4), Ci, Cs")
+    return key
 
 
 def _choice(value, literal, name: str) -> None:
@@ -337,8 +349,10 @@ class ReconstructConfig:
     use_ctf: bool = True
     mask: FSCMask = "sphere"  # FSC mask: sphere or none
     lowpass: bool = False  # low-pass the final map at the half-map resolution
+    symmetry: str = "C1"  # each image inserted along every symmetry mate (RELION's names)
 
     def __post_init__(self):
+        check_symmetry(self.symmetry)
         require_positive(self.wiener, "Wiener constant")
         _integer(self.batch_size, "batch size", 1)
         _choice(self.mask, FSCMask, "FSC mask")
@@ -374,8 +388,11 @@ class RefineConfig:
     max_gain: float = 1.5  # the alignment resolution improves by at most this factor per round
     wiener: float = DEFAULT_WIENER
     batch_size: int = 512
+    symmetry: str = "C1"  # point group (RELION's names); the maps are symmetrised
+    relax_symmetry: bool = False  # then C1 rounds in which each particle picks its best symmetry mate
 
     def __post_init__(self):
+        check_symmetry(self.symmetry)
         require_positive(self.initial_lowpass, "initial low-pass")
         _integer(self.max_rounds, "maximum rounds", 1)
         _choice(self.poses, PoseProposer, "pose proposer")

@@ -19,7 +19,7 @@ relion_refine --o Refine3D/run --auto_refine --split_random_halves \\
   --i particles.star --ref initial_model.mrc --ini_high {ini_high} --firstiter_cc \\
   {ctf}--particle_diameter {diameter} --flatten_solvent --zero_mask --oversampling 1 \\
   --healpix_order 3 --auto_local_healpix_order 3 --sigma_ang 5 \\
-  --offset_range 5 --offset_step 2 --sym C1 --low_resol_join_halves 40 --norm --scale \\
+  --offset_range 5 --offset_step 2 --sym {sym} --low_resol_join_halves 40 --norm --scale \\
   --pad 2 --j 2 --dont_combine_weights_via_disc --pool 3
 """
 
@@ -38,7 +38,15 @@ def export_run(run_dir: Path, outdir: Path, lowpass_angstrom: float) -> dict:
     write_particles(stack, outdir / "particles.star")
     write_mrc(outdir / "initial_model.mrc", vol, px)  # the same hand as the angles it was made with
     diameter = round(0.9 * stack.box * stack.pixel_size)
-    script = REFINE_TEMPLATE.format(ini_high=lowpass_angstrom, diameter=diameter,
+    sym = "C1"
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        options = yaml.safe_load(config.read_text()) or {}
+        if not options.get("relax_symmetry"):  # a relaxed refinement ends in C1
+            sym = str(options.get("symmetry") or "C1")
+    script = REFINE_TEMPLATE.format(ini_high=lowpass_angstrom, diameter=diameter, sym=sym,
                                     ctf="--ctf " if stack.ctf() is not None else "")
     (outdir / "relion_refine.sh").write_text(script)
     return {"particles": stack.n, "pixel_size": px, "lowpass_angstrom": lowpass_angstrom}

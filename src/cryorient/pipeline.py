@@ -310,7 +310,13 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
                             metrics["resolution_angstrom"], rc.initial_lowpass, metrics["confidence_median"],
                             float(beyond.max()) if beyond.size else 0.0, result.warnings())
     if truth is not None:
-        ev = evaluate_poses(result.rotations, result.origins_angstrom, truth, blind.pixel_size)
+        # poses are defined modulo the point group (unless it was relaxed): judge the mate
+        # closest to the truth
+        from .symmetry import nearest_mates, point_group
+
+        group = point_group("C1" if rc.relax_symmetry else rc.symmetry)
+        judged = nearest_mates(result.rotations, truth.rotations, group) if group.order > 1 else result.rotations
+        ev = evaluate_poses(judged, result.origins_angstrom, truth, blind.pixel_size)
         em = ev.metrics()
         write_json(d / "evaluation.json", em)
         write_evaluation_figures(ev.evaluation, truth, d / "figures", "refined")
@@ -322,7 +328,7 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
         if truth_map is not None:
             true_map = load_reference(truth_map, blind.box, blind.pixel_size)
             aligned = blind.with_orientations(ev.evaluation.aligned.float(), result.origins_angstrom)
-            one = replace(cfg.reconstruct, halves=False)
+            one = replace(cfg.reconstruct, halves=False, symmetry="C1" if rc.relax_symmetry else rc.symmetry)
             mine = reconstruct(aligned, aligned.rotations(), one, true_map, device=device)
             ideal_stack = blind.with_orientations(truth.rotations, truth.origins_angstrom
                                                   if truth.origins_angstrom is not None else None)

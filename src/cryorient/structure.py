@@ -172,3 +172,37 @@ def write_structure(st: gemmi.Structure, path: str | Path) -> None:
         st.make_mmcif_document().write_file(str(path))
     else:
         st.write_pdb(str(path))
+
+
+def make_oligomer(st: gemmi.Structure, operators: np.ndarray, distance_angstrom: float | None = None
+                  ) -> gemmi.Structure:
+    """An exactly symmetric oligomer of the first model: one copy of it per point-group operator
+    ``(G, 3, 3)``, each copy the operator applied about the origin to the model moved so that its
+    centre of mass sits at ``distance`` (default: its radius) from the origin along a generic
+    direction (on no symmetry axis). The result is in the group's frame (RELION's axes); its
+    chains are renamed A, B, C, ..."""
+    base = st.clone()
+    model = base[0]
+    com = np.asarray(model.calculate_center_of_mass().tolist())
+    pos = atom_positions(base)
+    radius = float(np.linalg.norm(pos - com, axis=1).max())
+    d = radius if distance_angstrom is None else distance_angstrom
+    direction = np.array([0.62, 0.47, 0.31])
+    target = d * direction / np.linalg.norm(direction)
+    out = gemmi.Structure()
+    out.cell = base.cell
+    out_model = gemmi.Model("1")
+    names = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+    for op in np.asarray(operators, dtype=np.float64):
+        for ch in model:
+            copy = gemmi.Chain(next(names))
+            for res in ch:
+                new = res.clone()
+                for a in new:
+                    p = op @ (np.asarray(a.pos.tolist()) - com + target)
+                    a.pos = gemmi.Position(*p)
+                copy.add_residue(new)
+            out_model.add_chain(copy)
+    out.add_model(out_model)
+    out.setup_entities()
+    return out

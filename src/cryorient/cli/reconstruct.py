@@ -49,6 +49,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--no-ctf", action="store_true", help="ignore the STAR's CTF parameters")
     p.add_argument("--mask", choices=("sphere", "none"), default="sphere",
                    help="mask used for FSC curves (soft sphere of the box)")
+    p.add_argument("--symmetry", default=_C.symmetry, type=str.upper,
+                   help="insert each image along its symmetry mates (RELION's point-group names)")
     p.add_argument("--lowpass", action="store_true",
                    help="low-pass the final map at the half-map FSC resolution")
     add_star_pixel_size(p)
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     generator = setup(args)
     device = resolve_device(args.device)
     opts = ReconstructConfig(halves=args.halves, wiener=args.wiener, batch_size=args.batch_size,
-                             use_ctf=not args.no_ctf, mask=args.mask, lowpass=args.lowpass)
+                             use_ctf=not args.no_ctf, mask=args.mask, lowpass=args.lowpass, symmetry=args.symmetry)
     from ..density import load_reference
     from ..particles import load_poses, read_particles
     from ..reconstruct.run import reconstruct, write_reconstruction

@@ -59,6 +59,12 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="search: the exhaustive global search while the resolution is coarse, then local "
                         "refinement; network: also a network trained on each half's map proposes poses "
                         "(the best-scoring candidate wins; see docs/benchmarks.md for when it pays)")
+    g.add_argument("--symmetry", default=_F.symmetry, type=str.upper,
+                   help="point group of the particle, RELION's names (C1, Cn, Dn, T, O, I); the maps are "
+                        "symmetrised and the reference must be in RELION's symmetry frame")
+    g.add_argument("--relax-symmetry", action="store_true",
+                   help="after refining with --symmetry, continue in C1 with each particle choosing its best "
+                        "symmetry mate (pseudo-symmetric oligomers)")
     g.add_argument("--round-minutes", type=parse_positive, default=_F.train_minutes,
                    help="the network's training budget per half in the first round (later rounds fine-tune "
                         f"for {_F.finetune_minutes:g} min)")
@@ -144,7 +150,11 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                             recovery=RecoveryConfig(restarts=args.restarts),
                             ambiguity=AmbiguityConfig(n_images=args.ambiguity_images))
     refinement = RefineConfig(initial_lowpass=args.initial_lowpass, max_rounds=args.max_rounds, poses=args.poses,
-                              train_minutes=args.round_minutes)
+                              train_minutes=args.round_minutes, symmetry=args.symmetry,
+                              relax_symmetry=args.relax_symmetry)
+    if args.method == "distances" and refinement.symmetry != "C1":
+        raise CryorientError("the distance method assumes C1 (distances between symmetry mates are not "
+                             "defined); use --method refine for symmetric particles")
     return PipelineConfig(method=args.method, refinement=refinement, particles=args.particles,
                           particles_pixel_size=args.pixel_size if args.particles else None,
                           structure=args.structure, density=density,

@@ -125,14 +125,20 @@ class FourierAccumulator:
 
 def backproject(batches: Iterable[Batch], rotations: torch.Tensor, origins_px: torch.Tensor | None,
                 pixel_size: float, box: int, progress: Callable[[int], None] | None = None,
-                device=None) -> FourierAccumulator:
+                device=None, operators: torch.Tensor | None = None) -> FourierAccumulator:
     """A new accumulator holding every batch, each image along ``rotations[batch.indices]``
-    shifted by ``origins_px[batch.indices]`` (RELION origins in pixels of these images)."""
+    shifted by ``origins_px[batch.indices]`` (RELION origins in pixels of these images). With
+    a point group's ``operators (G, 3, 3)``, each image is inserted along every ``S R`` (the
+    symmetrised reconstruction, as RELION's)."""
     acc = FourierAccumulator.empty(box, device=device)
     for b in batches:
         t = torch.as_tensor(b.indices)
-        acc.insert(b.images, rotations[t], None if origins_px is None else origins_px[t], b.ctf,
-                   pixel_size)
+        origins = None if origins_px is None else origins_px[t]
+        rot = rotations[t]
+        for op in (operators.to(rot) if operators is not None else [None]):
+            acc.insert(b.images, rot if op is None else op @ rot, origins, b.ctf, pixel_size)
+        if operators is not None:
+            acc.n_images -= (len(operators) - 1) * len(b.indices)
         if progress is not None:
             progress(len(b.indices))
     return acc
@@ -141,8 +147,8 @@ def backproject(batches: Iterable[Batch], rotations: torch.Tensor, origins_px: t
 def half_accumulators(make_batches: Callable[[np.ndarray], Iterable[Batch]],
                       halves: tuple[np.ndarray, np.ndarray], rotations: torch.Tensor,
                       origins_px: torch.Tensor | None, pixel_size: float, box: int,
-                      progress: Callable[[int], None] | None = None, device=None
-                      ) -> tuple[FourierAccumulator, FourierAccumulator]:
+                      progress: Callable[[int], None] | None = None, device=None,
+                      operators: torch.Tensor | None = None) -> tuple[FourierAccumulator, FourierAccumulator]:
     """One accumulator per half set: ``make_batches(indices)`` reads the particles of each."""
-    return tuple(backproject(make_batches(h), rotations, origins_px, pixel_size, box, progress, device)
-                 for h in halves)
+    return tuple(backproject(make_batches(h), rotations, origins_px, pixel_size, box, progress, device,
+                             operators) for h in halves)

@@ -18,6 +18,7 @@ from ..imaging.accumulator import backproject, half_accumulators
 from ..imaging.batches import stack_batches
 from ..io import atomic_output, write_mrc
 from ..particles import ParticleStack
+from ..symmetry import point_group
 from ..volumes import (
     Resolution,
     fsc,
@@ -74,10 +75,12 @@ def reconstruct(stack: ParticleStack, rotations: torch.Tensor, opts: Reconstruct
         return stack_batches(stack, opts.batch_size, indices, device=device)
 
     mask = soft_sphere_mask(stack.box) if opts.mask == "sphere" else None
+    group = point_group(opts.symmetry)
+    ops = group.ops() if group.order > 1 else None
     px = stack.pixel_size
     if opts.halves:
         halves = stack.with_half_sets(generator or torch.Generator().manual_seed(0)).half_sets()
-        acc1, acc2 = half_accumulators(read, halves, rotations, origins_px, px, stack.box, progress, device)
+        acc1, acc2 = half_accumulators(read, halves, rotations, origins_px, px, stack.box, progress, device, ops)
         h1, h2 = acc1.finalize(opts.wiener).cpu(), acc2.finalize(opts.wiener).cpu()
         volume = (acc1 + acc2).finalize(opts.wiener).cpu()
         curve = fsc(h1, h2, mask)
@@ -85,7 +88,7 @@ def reconstruct(stack: ParticleStack, rotations: torch.Tensor, opts: Reconstruct
         half_maps = (h1, h2)
     else:
         volume = backproject(read(np.arange(n)), rotations, origins_px, px, stack.box, progress,
-                             device).finalize(opts.wiener).cpu()
+                             device, ops).finalize(opts.wiener).cpu()
         curve, res, half_maps = None, None, None
     if opts.lowpass and res is not None:
         volume = lowpass_to_resolution(volume, stack.pixel_size, res.angstrom)

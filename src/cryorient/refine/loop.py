@@ -164,6 +164,18 @@ def local_confidence(images: torch.Tensor, ctf: CTFParams | None, pixel_size: fl
     return torch.softmax(0.5 * k_real * scores.clamp_min(0) ** 2, dim=1)[:, 0]
 
 
+@dataclass
+class _State:
+    """Where the loop stands (the poses in Å, each half's current map, the resolution)."""
+
+    rot: torch.Tensor
+    origins: torch.Tensor
+    maps: list
+    res: float
+    have_poses: bool = False
+    round: int = 0
+
+
 def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
            proposer: PoseProposer | None = None, device=None,
            progress: Callable[[str], None] | None = None,
@@ -171,55 +183,94 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
     """Refine ``stack`` (blind, with half sets) from ``reference`` (a volume on the stack's grid,
     in the frame the poses are wanted in). ``proposer`` (when ``cfg.poses`` is ``network``)
     proposes poses each round; the global search stands in when it is weak. ``on_round(r,
-    rotations)`` sees each round's poses (benchmarks judge them; the loop does not)."""
+    rotations)`` sees each round's poses (benchmarks judge them; the loop does not).
+
+    With a point group (``cfg.symmetry``) the maps are symmetrised (each image inserted along
+    all its mates) and the reference is symmetrised first; with ``cfg.relax_symmetry`` the
+    loop then continues in C1, each particle choosing among its symmetry mates the one that
+    best matches the (unsymmetrised) map of its half: RELION's symmetry relaxation, for
+    pseudo-symmetric oligomers."""
+    from ..symmetry import point_group, symmetrise
+
     box, px = stack.box, stack.pixel_size
-    n = stack.n
+    group = point_group(cfg.symmetry)
+    start = symmetrise(lowpass_to_resolution(reference.float(), px, cfg.initial_lowpass), group)
+    radius = particle_radius(start) * px
+    state = _State(torch.eye(3).repeat(stack.n, 1, 1), torch.zeros(stack.n, 2), [start, start], cfg.initial_lowpass)
+    records: list[RoundRecord] = []
+    ops = group.ops() if group.order > 1 else None
+    state = _rounds(stack, state, cfg, cfg.max_rounds, radius, ops, None, proposer, device, progress, on_round,
+                    records)
+    if cfg.relax_symmetry and group.order > 1:
+        # C1 half maps from one pose per particle, then mates compete against them
+        state.maps = list(_half_maps(stack, stack.half_sets(), state.rot, state.origins, cfg, device, None))
+        state = _rounds(stack, state, cfg, cfg.max_rounds, radius, None, group.ops(), proposer, device, progress,
+                        on_round, records)
+        ops = None
+    # final: both halves, FSC, filtered map, confidence at the final sampling
+    halves = stack.half_sets()
+    acc1, acc2 = half_accumulators(lambda i: stack_batches(stack, cfg.batch_size, i, device=device), halves,
+                                   state.rot.to(device), (state.origins / px).to(device), px, box, device=device,
+                                   operators=ops)
+    h1, h2 = acc1.finalize(cfg.wiener).cpu(), acc2.finalize(cfg.wiener).cpu()
+    curve = fsc(h1, h2, soft_sphere_mask(box))
+    resolution = resolution_at(curve, box, px, 0.143)
+    full = lowpass_to_resolution((acc1 + acc2).finalize(cfg.wiener).cpu(), px, resolution.angstrom)
+    confidence = _confidence(stack, halves, [h1, h2], state.rot, state.origins, resolution.angstrom, radius, cfg,
+                             device)
+    return RefineResult(state.rot, state.origins, confidence, (h1, h2), full, curve, resolution,
+                        cfg.initial_lowpass, records)
+
+
+def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: int, radius: float,
+            ops: torch.Tensor | None, mates: torch.Tensor | None, proposer: PoseProposer | None, device,
+            progress, on_round, records: list[RoundRecord]) -> _State:
+    """Rounds until convergence (see the module docstring). ``ops``: the point group the maps
+    are symmetrised with; ``mates``: symmetry operators whose mates ``S R`` compete as
+    candidates (the relaxation)."""
+    box, px = stack.box, stack.pixel_size
     halves = stack.half_sets()
     ctf = stack.ctf()
-    radius = particle_radius(lowpass_to_resolution(reference, px, cfg.initial_lowpass)) * px
-    start = lowpass_to_resolution(reference.float(), px, cfg.initial_lowpass)
-    maps = [start, start]
-    res = cfg.initial_lowpass
-    rot = torch.eye(3).repeat(n, 1, 1)
-    origins = torch.zeros(n, 2)  # Å
-    have_poses = False
-    records: list[RoundRecord] = []
     best, since_best = math.inf, 0
     mask = soft_sphere_mask(box)
-    for r in range(cfg.max_rounds):
+    for _ in range(max_rounds):
+        r, res = state.round, state.res
         t0 = time.perf_counter()
         s = round_size(box, px, res, cfg)
         px_s = px * box / s
         cutoff = min(0.5, px_s / res)
-        new_rot, new_origins = rot.clone(), origins.clone()
+        new_rot, new_origins = state.rot.clone(), state.origins.clone()
         proposals, val_medians, step = [], [], None
         for h, idx in enumerate(halves):
             images = fourier_resize(stack.images.read(idx), s).to(device)
             ctf_h = subset(ctf, idx)
             prepared = prepare_volume(fourier_resize_volume(
-                lowpass_to_resolution(maps[h], px, res), s).to(device))
+                lowpass_to_resolution(state.maps[h], px, res), s).to(device))
             t_idx = torch.as_tensor(idx)
-            r_h, o_h = rot[t_idx].to(device), (origins[t_idx] / px_s).to(device)
+            r_h, o_h = state.rot[t_idx].to(device), (state.origins[t_idx] / px_s).to(device)
             candidates: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-            if have_poses:
+            if state.have_poses:
                 candidates["previous"] = (r_h, o_h)
-            if not have_poses or res >= cfg.search_until_angstrom:
+            if mates is not None:
+                for k, op in enumerate(mates[1:].to(r_h)):
+                    candidates[f"mate {k + 1}"] = (op @ r_h, o_h)
+            elif not state.have_poses or res >= cfg.search_until_angstrom:
                 step = search_step(res, radius, cfg)
                 # the first search looks for the particles' offsets too; later ones around the
                 # current origins
-                window = cfg.max_shift_fraction * s if not have_poses else 1.5
+                window = cfg.max_shift_fraction * s if not state.have_poses else 1.5
                 found = global_search(images, ctf_h, px_s, prepared, so3_grid(step).to(device), cutoff, window,
-                                      origins_px=o_h if have_poses else None)
+                                      origins_px=o_h if state.have_poses else None)
                 candidates["search"] = (found.rotations.to(device), -found.shifts_px.to(device))
-            if cfg.poses == "network" and proposer is not None:
-                prop = proposer.propose(stack.subset(idx), lowpass_to_resolution(maps[h], px, res), res, h, r)
+            if cfg.poses == "network" and proposer is not None and mates is None:
+                prop = proposer.propose(stack.subset(idx), lowpass_to_resolution(state.maps[h], px, res), res, h, r)
                 val_medians.append(prop.val_median_deg)
                 if not prop.weak and prop.rotations is not None:
                     r_net = prop.rotations.to(device)
                     # the network gives rotations; the offsets: the current ones, or (first
                     # round) the cross-correlation peak against the reprojections
-                    o_net = o_h if have_poses else _offsets(images, ctf_h, px_s, prepared, r_net, cutoff,
-                                                            cfg.max_shift_fraction * s)
+                    o_net = o_h if state.have_poses else _offsets(images, ctf_h, px_s, prepared, r_net, cutoff,
+                                                                  cfg.max_shift_fraction * s)
                     candidates["network"] = (r_net, o_net)
             (r_h, o_h), shares = _best_candidates(images, ctf_h, px_s, prepared, cutoff, candidates)
             how = " + ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())
@@ -229,44 +280,35 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
             proposals.append(how)
             if progress is not None:
                 progress(f"round {r}, half {h + 1}: {how}")
-        change = float(torch.rad2deg(rotmat_distance(new_rot, rot).median())) if have_poses else math.nan
-        rot, origins, have_poses = new_rot, new_origins, True
+        change = float(torch.rad2deg(rotmat_distance(new_rot, state.rot).median())) if state.have_poses else math.nan
+        state.rot, state.origins, state.have_poses = new_rot, new_origins, True
         if on_round is not None:
-            on_round(r, rot)
-        h1, h2 = _half_maps(stack, halves, rot, origins, cfg, device)
-        curve = fsc(h1, h2, mask)
-        resolution = resolution_at(curve, box, px, 0.143)
-        maps = [h1, h2]
+            on_round(r, state.rot)
+        h1, h2 = _half_maps(stack, halves, state.rot, state.origins, cfg, device, ops)
+        resolution = resolution_at(fsc(h1, h2, mask), box, px, 0.143)
+        state.maps = [h1, h2]
         records.append(RoundRecord(r, res, resolution.angstrom, s, "/".join(proposals), step, change,
                                    time.perf_counter() - t0, tuple(val_medians) if val_medians else None))
         log.info("round %d: aligned at %.1f Å (%d px, %s), half maps %.2f Å, median change %.1f°, %.0f s",
                  r, res, s, records[-1].proposals, resolution.angstrom, change, records[-1].seconds)
+        state.round += 1
         if resolution.angstrom < 0.98 * best:
             best, since_best = resolution.angstrom, 0
         else:
             since_best += 1
         # the next round aligns at the half maps' resolution, but at most ``max_gain`` finer than
         # this one: a resolution raised too fast leaves poses outside the basin of the finer map
-        res = max(resolution.angstrom, res / cfg.max_gain, 2 * px)
+        state.res = max(resolution.angstrom, res / cfg.max_gain, 2 * px)
         if since_best >= cfg.stop_rounds and change < cfg.converged_deg:
             break
-    # final: both halves, FSC, filtered map, confidence at the final sampling
-    acc1, acc2 = half_accumulators(lambda i: stack_batches(stack, cfg.batch_size, i, device=device), halves,
-                                   rot.to(device), (origins / px).to(device), px, box, device=device)
-    h1, h2 = acc1.finalize(cfg.wiener).cpu(), acc2.finalize(cfg.wiener).cpu()
-    curve = fsc(h1, h2, mask)
-    resolution = resolution_at(curve, box, px, 0.143)
-    full = lowpass_to_resolution((acc1 + acc2).finalize(cfg.wiener).cpu(), px, resolution.angstrom)
-    confidence = _confidence(stack, halves, [h1, h2], rot, origins, resolution.angstrom, radius, cfg, device)
-    return RefineResult(rot, origins, confidence, (h1, h2), full, curve, resolution, cfg.initial_lowpass,
-                        records)
+    return state
 
 
 def _half_maps(stack: ParticleStack, halves, rot: torch.Tensor, origins: torch.Tensor, cfg: RefineConfig,
-               device) -> tuple[torch.Tensor, torch.Tensor]:
+               device, ops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     px = stack.pixel_size
     accs = half_accumulators(lambda i: stack_batches(stack, cfg.batch_size, i, device=device), halves,
-                             rot.to(device), (origins / px).to(device), px, stack.box, device=device)
+                             rot.to(device), (origins / px).to(device), px, stack.box, device=device, operators=ops)
     return accs[0].finalize(cfg.wiener).cpu(), accs[1].finalize(cfg.wiener).cpu()
 
 

@@ -1,0 +1,146 @@
+"""Point-group symmetry with RELION's names and axes.
+
+A group is the set of 3x3 operators ``S`` under which a symmetric volume is invariant,
+``V(S x) = V(x)``. An orientation ``R`` (detector -> volume) and ``S R`` then give the same
+image, so poses are defined modulo the group acting on the left, and a symmetric
+reconstruction inserts each image along every ``S R``.
+
+Generators, exactly as RELION 3.1 defines them (``src/symmetries.cpp``; axes in the map's
+x, y, z): Cn: n-fold about z; Ci: the inversion; Cs: the mirror z -> -z; Dn: n-fold about z
+and 2-fold about x; T: 3-fold about z and 2-fold about (0, 0.816496, 0.577350); O: 3-fold about
+(1, 1, 1)/sqrt(3) and 4-fold about z; I (= I2): 2-fold about z, 5-fold about
+(0.525731114, 0, 0.850650807) and 3-fold about (0, 0.356822076, 0.934172364); I1, I3, I4: the
+other icosahedral settings. The group is the closure of its generators (pinned against
+``relion_image_handler --sym`` in tests/test_relion_oracle.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from .errors import CryorientError
+
+_ICOSA = {
+    "I": [(2, (0, 0, 1)), (5, (0.525731114, 0, 0.850650807)), (3, (0, 0.356822076, 0.934172364))],
+    "I1": [(2, (1, 0, 0)), (5, (0.85065080702670, 0, -0.5257311142635)), (3, (0.9341723640, 0.3568220765, 0))],
+    "I3": [(2, (-0.5257311143, 0, 0.8506508070)), (5, (0, 0, 1)),
+           (3, (-0.4911234778630044, 0.3568220764705179, 0.7946544753759428))],
+    "I4": [(2, (0.5257311143, 0, 0.8506508070)), (5, (0.8944271932547096, 0, 0.4472135909903704)),
+           (3, (0.4911234778630044, 0.3568220764705179, 0.7946544753759428))],
+}
+_ICOSA["I2"] = _ICOSA["I"]
+
+
+def _axis_rotation(fold: int, axis) -> torch.Tensor:
+    a = torch.tensor(axis, dtype=torch.float64)
+    a = a / a.norm()
+    t = 2 * math.pi / fold
+    k = torch.tensor([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]], dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + math.sin(t) * k + (1 - math.cos(t)) * (k @ k)
+
+
+def _generators(name: str) -> list[torch.Tensor]:
+    m = re.fullmatch(r"(C|D)(\d+)", name)
+    if m:
+        n = int(m.group(2))
+        if n < 1:
+            raise CryorientError(f"symmetry {name}: the order must be >= 1")
+        gens = [_axis_rotation(n, (0, 0, 1))] if n > 1 else []
+        if m.group(1) == "D":
+            gens.append(_axis_rotation(2, (1, 0, 0)))
+        return gens
+    if name == "CI":
+        return [-torch.eye(3, dtype=torch.float64)]
+    if name == "CS":
+        return [torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))]
+    if name == "T":
+        return [_axis_rotation(3, (0, 0, 1)), _axis_rotation(2, (0, 0.816496, 0.577350))]
+    if name == "O":
+        return [_axis_rotation(3, (0.5773502, 0.5773502, 0.5773502)), _axis_rotation(4, (0, 0, 1))]
+    if name in _ICOSA:
+        return [_axis_rotation(f, a) for f, a in _ICOSA[name]]
+    raise CryorientError(f"unknown symmetry {name!r}; use RELION's names: C1, Cn, Ci, Cs, Dn, T, O, I (I1-I4)")
+
+
+@cache
+def _closure(name: str) -> torch.Tensor:
+    ops = [torch.eye(3, dtype=torch.float64)]
+    frontier = list(ops)
+    gens = _generators(name)
+    while frontier:
+        new = []
+        for a in frontier:
+            for g in gens:
+                c = g @ a
+                # RELION's axes carry 6-9 significant digits: operators equal to 1e-4
+                if all(float((c - o).abs().max()) > 1e-4 for o in ops):
+                    ops.append(c)
+                    new.append(c)
+        frontier = new
+        if len(ops) > 120:
+            raise CryorientError(f"symmetry {name}: the generators do not close into a point group")
+    return torch.stack(ops)
+
+
+@dataclass(frozen=True)
+class PointGroup:
+    name: str  # RELION's spelling, upper case (C1, C4, D2, T, O, I, ...)
+    operators: torch.Tensor  # (G, 3, 3) float64; the identity first
+
+    @property
+    def order(self) -> int:
+        return int(self.operators.shape[0])
+
+    @property
+    def proper(self) -> bool:
+        """All operators are rotations (what a chiral molecule, a protein, can have)."""
+        return bool((torch.linalg.det(self.operators) > 0).all())
+
+    def ops(self, dtype=torch.float32, device=None) -> torch.Tensor:
+        return self.operators.to(dtype=dtype, device=device)
+
+
+def point_group(name: str) -> PointGroup:
+    """The group named as RELION names it (case-insensitive): ``C1``, ``C7``, ``D2``, ``T``, ``O``,
+    ``I``, ``Ci``, ``Cs``..."""
+    key = name.strip().upper()
+    return PointGroup(key, _closure(key))
+
+
+def symmetric_distance(r1: torch.Tensor, r2: torch.Tensor, group: PointGroup) -> torch.Tensor:
+    """The geodesic distance between orientations ``r1`` and ``r2`` ``(..., 3, 3)`` modulo the
+    group: ``min_S angle(r1^T S r2)``."""
+    from .so3 import rotmat_angle
+
+    ops = group.ops(r1.dtype, r1.device)
+    m = r1.transpose(-1, -2)[..., None, :, :] @ ops @ r2[..., None, :, :]
+    return rotmat_angle(m).min(dim=-1).values
+
+
+def nearest_mates(estimated: torch.Tensor, reference: torch.Tensor, group: PointGroup) -> torch.Tensor:
+    """For each estimate, the symmetry mate ``S R_est`` closest to the reference ``(N, 3, 3)``."""
+    from .so3 import rotmat_angle
+
+    ops = group.ops(estimated.dtype, estimated.device)
+    mates = ops @ estimated[:, None]  # (N, G, 3, 3)
+    k = rotmat_angle(reference[:, None].transpose(-1, -2) @ mates).argmin(dim=1)
+    return mates[torch.arange(estimated.shape[0]), k]
+
+
+def symmetrise(volume: torch.Tensor, group: PointGroup) -> torch.Tensor:
+    """The average of ``V(S x)`` over the group (trilinear), about the centre ``D // 2``."""
+    from .volumes import rotate_volume
+
+    if group.order == 1:
+        return volume
+    out = torch.zeros_like(volume)
+    for s in group.ops(volume.dtype, volume.device):
+        # rotate_volume gives V(G^T x) for a rotation G; V(S x) is G = S^T (for the improper
+        # operators too: the sampling takes any orthogonal matrix)
+        out = out + rotate_volume(volume, s.T)
+    return out / group.order

@@ -1,0 +1,94 @@
+"""Point groups with RELION's names and axes: orders, closure, the distance modulo the group,
+symmetrised reconstruction from the asymmetric unit's views, refinement of a symmetric
+oligomer. (The operators against relion_image_handler --sym: tests/test_relion_oracle.py.)"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cryorient import so3
+from cryorient.config import DensityConfig, RefineConfig, SimulationConfig
+from cryorient.density import atoms_to_volume
+from cryorient.errors import CryorientError
+from cryorient.imaging.accumulator import backproject
+from cryorient.imaging.batches import tensor_batches
+from cryorient.imaging.projector import prepare_volume, project
+from cryorient.refine.loop import refine
+from cryorient.simulate.simulator import simulate_stack
+from cryorient.structure import make_oligomer, read_atoms, resolve_structure
+from cryorient.symmetry import nearest_mates, point_group, symmetric_distance, symmetrise
+from cryorient.volumes import fsc
+
+ORDERS = {"C1": 1, "C2": 2, "C7": 7, "D2": 4, "D5": 10, "T": 12, "O": 24, "I": 60, "I1": 60, "I3": 60, "I4": 60,
+          "Ci": 2, "Cs": 2}
+
+
+@pytest.mark.parametrize("name", list(ORDERS))
+def test_orders_and_closure(name):
+    g = point_group(name)
+    ops = g.operators
+    assert g.order == ORDERS[name]
+    assert torch.allclose(ops[0], torch.eye(3, dtype=torch.float64))
+    assert torch.allclose(ops @ ops.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand_as(ops), atol=1e-6)
+    assert g.proper == (name not in ("Ci", "Cs"))
+    prod = (ops[:, None] @ ops[None]).reshape(-1, 9)
+    dist = torch.cdist(prod, ops.reshape(-1, 9))
+    assert float(dist.min(dim=1).values.max()) < 1e-4  # every product is in the group
+
+
+def test_unknown_group_is_refused():
+    with pytest.raises(CryorientError, match="unknown symmetry"):
+        point_group("X2")
+
+
+def test_distance_modulo_the_group():
+    g = point_group("D2")
+    r = so3.sample_rotations(50, torch.Generator().manual_seed(0), dtype=torch.float64)
+    ops = g.operators
+    mates = ops[torch.randint(0, 4, (50,), generator=torch.Generator().manual_seed(1))] @ r
+    assert float(symmetric_distance(r, mates, g).max()) < 1e-5
+    other = so3.sample_rotations(50, torch.Generator().manual_seed(2), dtype=torch.float64)
+    plain = so3.rotmat_distance(r, other)
+    assert bool((symmetric_distance(r, other, g) <= plain + 1e-9).all())
+    assert torch.allclose(nearest_mates(mates, r, g), r, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tetramer():
+    """An exact C4 ring of 3q4oA (4 copies by the group's operators), box 32 at 4 Å/px."""
+    st = make_oligomer(read_atoms(resolve_structure("3q4oA")), point_group("C4").operators.numpy())
+    return atoms_to_volume(st, DensityConfig(box=32, pixel_size=4.0))
+
+
+def test_symmetric_volume_is_invariant(tetramer):
+    sym = symmetrise(tetramer, point_group("C4"))
+    assert float(fsc(sym, tetramer)[1:13].min()) > 0.99
+
+
+def test_reconstruction_from_the_asymmetric_units_views(tetramer):
+    """40 views with rot in [0, 90°) only (C4's asymmetric unit): inserted along all four mates
+    they sample Fourier space four times as densely and recover the map; alone they leave gaps."""
+    g = torch.Generator().manual_seed(4)
+    rot = so3.sample_rotations(40, g, rot_range_deg=(0.0, 90.0))
+    images = project(prepare_volume(tetramer), rot)
+    c4 = point_group("C4").ops()
+    sym = backproject(tensor_batches(images, None), rot, None, 4.0, 32, operators=c4).finalize(0.002)
+    plain = backproject(tensor_batches(images, None), rot, None, 4.0, 32).finalize(0.002)
+    shells = slice(1, 13)  # to 0.8 Nyquist
+    assert float(fsc(sym, tetramer)[shells].min()) > 0.98  # measured 0.994
+    assert float(fsc(plain, tetramer)[shells].min()) < 0.92  # measured 0.854
+
+
+def test_refinement_of_a_c4_ring(tetramer):
+    """The loop with C4: poses modulo the group, from the ring low-passed to 25 Å."""
+    cfg = SimulationConfig(n_particles=400, snr=1.0, max_shift_px=1.5, ctf=True)
+    stack, truth = simulate_stack(tetramer, 4.0, cfg, torch.Generator().manual_seed(0))
+    stack = stack.blind().with_half_sets(torch.Generator().manual_seed(0))
+    result = refine(stack, tetramer, RefineConfig(initial_lowpass=25.0, max_rounds=4, symmetry="C4"))
+    err = symmetric_distance(result.rotations.double(), truth.rotations.double(), point_group("C4"))
+    median = math.degrees(float(err.median()))
+    assert median < 4.0, median  # measured 1.45 (C1 refinement of the same stack: 1.85 modulo C4)
+    assert result.signal
