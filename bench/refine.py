@@ -34,7 +34,38 @@ STRUCTURES = {
     "3kpr_single": {"structure": "3kpr_single", "chains": None, "px": 2.5, "moving": ("D", "E"), "missing": "E"},
     "3kpr_AB": {"structure": "3kpr", "chains": ("A", "B"), "px": 2.0, "moving": ("B",), "missing": "B"},
     "1ake": {"structure": "1ake_adk_closed", "chains": None, "px": 1.5, "moving": None, "missing": None},
+    # exact oligomers of a library chain (3q4oA) by the group's operators, in RELION's frame
+    "C2": {"structure": "oligomer:C2", "chains": None, "px": 2.0, "moving": None, "missing": None, "sym": "C2"},
+    "C4": {"structure": "oligomer:C4", "chains": None, "px": 2.0, "moving": None, "missing": None, "sym": "C4"},
+    "D2": {"structure": "oligomer:D2", "chains": None, "px": 2.0, "moving": None, "missing": None, "sym": "D2"},
+    # a homodimer (pseudo-C2, 0.85 Å between its chains) turned into RELION's C2 frame
+    "1a28": {"structure": "pseudo:1a28", "chains": None, "px": 2.5, "moving": None, "missing": None, "sym": "C2"},
 }
+
+BUILD = """
+import json
+from cryorient.structure import make_oligomer, pseudo_twofold_frame, read_atoms, resolve_structure, write_structure
+from cryorient.symmetry import point_group
+kind, arg, out = "{kind}", "{arg}", "{out}"
+if kind == "oligomer":
+    st = make_oligomer(read_atoms(resolve_structure("3q4oA")), point_group(arg).operators.numpy())
+else:
+    st, _ = pseudo_twofold_frame(read_atoms(resolve_structure(arg)), ("A", "B"))
+write_structure(st, out)
+print(json.dumps({{}}))
+"""
+
+
+def structure_path(tmp: Path, name: str) -> str:
+    """The structure of a case: a library name, or a built oligomer / symmetry-framed dimer."""
+    s = STRUCTURES[name]["structure"]
+    if ":" not in s:
+        return s
+    kind, arg = s.split(":")
+    out = tmp / f"{kind}_{arg}.cif"
+    if not out.is_file():
+        run_isolated(BUILD.format(kind=kind, arg=arg, out=out))
+    return str(out)
 REFERENCES = ["exact", "moved15", "moved30", "lowpass20", "lowpass60", "missing", "extra", "noise", "other"]
 
 SIMULATE = """
@@ -100,7 +131,9 @@ if {noise}:
                                                         * float(blind.images.read(slice(0, 500)).std())))
 px = blind.pixel_size
 reference = load_reference("{reference}", 64, px)
-cfg = RefineConfig(initial_lowpass={lowpass}, poses="{poses}")
+cfg = RefineConfig(initial_lowpass={lowpass}, poses="{poses}", symmetry="{symmetry}", relax_symmetry={relax})
+from cryorient.symmetry import nearest_mates, point_group
+judge_group = point_group("C1" if cfg.relax_symmetry else cfg.symmetry)
 t = time.perf_counter()
 proposer = None
 if cfg.poses == "network":
@@ -108,7 +141,8 @@ if cfg.poses == "network":
     proposer = NetworkProposer(imaging_from_stack(blind, start, cfg.initial_lowpass), Path("{work}"))
 per_round = []
 def judge(r, rot):
-    per_round.append(round(evaluate_poses(rot, None, truth, px).median_deg, 2))
+    per_round.append(round(evaluate_poses(nearest_mates(rot, truth.rotations, judge_group), None, truth,
+                                          px).median_deg, 2))
 result = refine(blind, reference, cfg, proposer, on_round=judge if not {noise} else None)
 seconds = time.perf_counter() - t
 truth_map = load_reference("{truth}", 64, px)
@@ -120,8 +154,9 @@ out = {{"seconds": round(seconds), "rounds": len(result.rounds), "signal": resul
         "fsc_vs_reference_beyond_start": round(float(vs_ref.max()), 3), "per_round_deg": per_round,
         "proposals": result.rounds[-1].proposals}}
 if not {noise}:
-    ev = evaluate_poses(result.rotations, result.origins_angstrom, truth, px)
-    one = ReconstructConfig(halves=False)
+    ev = evaluate_poses(nearest_mates(result.rotations, truth.rotations, judge_group), result.origins_angstrom,
+                        truth, px)
+    one = ReconstructConfig(halves=False, symmetry=judge_group.name)
     aligned = blind.with_orientations(ev.evaluation.aligned.float(), result.origins_angstrom)
     mine = reconstruct(aligned, aligned.rotations(), one, truth_map)
     ideal = reconstruct(blind.with_orientations(truth.rotations, truth.origins_angstrom), truth.rotations, one,
@@ -137,7 +172,8 @@ def stack_for(tmp: Path, name: str, n: int) -> Path:
     s = STRUCTURES[name]
     sim = tmp / f"{name}_n{n}"
     if not (sim / "particles.star").is_file():
-        run_isolated(SIMULATE.format(out=sim, structure=s["structure"], px=s["px"], chains=s["chains"], n=n))
+        run_isolated(SIMULATE.format(out=sim, structure=structure_path(tmp, name), px=s["px"], chains=s["chains"],
+                                     n=n))
     return sim
 
 
@@ -148,12 +184,13 @@ def reference_for(tmp: Path, name: str, kind: str) -> Path:
         kind = "exact"
         out = tmp / f"{name}_ref_exact.mrc"
     if not out.is_file():
-        run_isolated(MAKE_REFERENCE.format(kind=kind, out=out, structure=s["structure"], px=s["px"],
+        run_isolated(MAKE_REFERENCE.format(kind=kind, out=out, structure=structure_path(tmp, name), px=s["px"],
                                            chains=s["chains"], moving=s["moving"], missing=s["missing"]))
     return out
 
 
-def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str) -> dict:
+def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry: str = "C1",
+                   relax: bool = False) -> dict:
     sim = stack_for(tmp, "3kpr_single" if kind == "other" and name != "3kpr_single" else name, n)
     if kind == "other":  # particles of another protein, this reference
         other = tmp / f"other_{name}_n{n}"
@@ -165,11 +202,13 @@ def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str) -> dict:
     work = tmp / f"work_{name}_{kind}_{poses}"
     shutil.rmtree(work, ignore_errors=True)
     r = run_isolated(CRYORIENT.format(star=sim / "particles.star", reference=ref, truth=sim / "volume.mrc",
-                                      lowpass=lowpass, poses=poses, work=work, noise=kind == "noise"))
-    return {"structure": name, "reference": kind, "method": f"cryorient ({poses})", **r}
+                                      lowpass=lowpass, poses=poses, work=work, noise=kind == "noise",
+                                      symmetry=symmetry, relax=relax))
+    label = f"cryorient ({poses}" + (f", {symmetry}" if symmetry != "C1" else "") + (", relaxed" if relax else "")
+    return {"structure": name, "reference": kind, "method": label + ")", **r}
 
 
-def relion_case(tmp: Path, name: str, n: int, kind: str = "exact") -> dict:
+def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str = "C1") -> dict:
     """relion_refine_mpi auto-refine from the same low-passed reference on the same stack."""
     sim = stack_for(tmp, name, n)
     ref = reference_for(tmp, name, kind)
@@ -187,7 +226,7 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact") -> dict:
             "--auto_refine", "--split_random_halves", "--i", "norm.star", "--ref", str(ref), "--ini_high",
             "60" if kind == "lowpass60" else "40", "--firstiter_cc", "--ctf", "--particle_diameter", str(diameter),
             "--flatten_solvent", "--zero_mask", "--oversampling", "1", "--healpix_order", "2",
-            "--auto_local_healpix_order", "4", "--offset_range", "5", "--offset_step", "2", "--sym", "C1",
+            "--auto_local_healpix_order", "4", "--offset_range", "5", "--offset_step", "2", "--sym", symmetry,
             "--low_resol_join_halves", "40", "--norm", "--scale", "--pad", "2", "--j", "1",
             "--dont_combine_weights_via_disc", "--pool", "3"]
     with open(work / "relion.log", "w") as fh:
@@ -200,11 +239,17 @@ from cryorient.density import load_reference
 from cryorient.evaluation import evaluate_poses, truth_of
 from cryorient.particles import read_particles
 from cryorient.reconstruct.run import reconstruct
+from cryorient.symmetry import nearest_mates, point_group
 truth = truth_of(read_particles("{sim / 'particles.star'}"))
 data = read_particles("{work / 'run_data.star'}")
-ev = evaluate_poses(data.rotations(), data.shifts_angstrom(), truth, data.pixel_size)
+# RELION may write its particles in another order than it read them: put them back by image index
+order = [int(name.split("@")[0]) - 1 for name in data.particles["rlnImageName"]]
+data = data.subset(__import__("numpy").argsort(order))
+group = point_group("{symmetry}")
+ev = evaluate_poses(nearest_mates(data.rotations(), truth.rotations, group), data.shifts_angstrom(), truth,
+                    data.pixel_size)
 aligned = data.with_orientations(ev.evaluation.aligned.float(), data.shifts_angstrom())
-mine = reconstruct(aligned, aligned.rotations(), ReconstructConfig(halves=False),
+mine = reconstruct(aligned, aligned.rotations(), ReconstructConfig(halves=False, symmetry="{symmetry}"),
                    load_reference("{sim / 'volume.mrc'}", 64, data.pixel_size))
 res = None
 for line in open("{work / 'run_model.star'}"):
@@ -213,8 +258,8 @@ for line in open("{work / 'run_model.star'}"):
 print(json.dumps({{"median_deg": round(ev.median_deg, 2), "hand": ev.metrics()["hand"],
                   "vs_truth_A": round(mine.resolution_reference.angstrom, 2), "resolution_A": res}}))
 """)
-    return {"structure": name, "reference": kind, "method": "RELION 3.1 auto-refine", "seconds": round(seconds),
-            **judged}
+    return {"structure": name, "reference": kind, "method": f"RELION 3.1 auto-refine ({symmetry})",
+            "seconds": round(seconds), **judged}
 
 
 SCALING = """
@@ -269,18 +314,28 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true")
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--tag", default=None, help="name of the JSON in bench/results (default: from the cases)")
+    ap.add_argument("--c1-too", action="store_true", help="symmetric structures: also refine them in C1")
     args = ap.parse_args()
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-refine-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    results: dict = {"cases": []}
+    results: dict = {"n": args.n, "cases": []}
+    stem = f"refine_n{args.n}_" + (args.tag or "_".join(c.replace(":", "-") for c in args.only))
     for case in args.only:
         name, kind = case.split(":")
+        sym = STRUCTURES[name].get("sym", "C1")
         for poses in args.poses:
-            results["cases"].append(cryorient_case(tmp, name, kind, args.n, poses))
-            print(results["cases"][-1], flush=True)
+            variants = [(sym, False)] if sym == "C1" or not args.c1_too else [(sym, False), ("C1", False)]
+            if name == "1a28":  # pseudo-symmetric: C1, and the symmetric solution relaxed to C1
+                variants = [("C1", False), (sym, True)]
+            for symmetry, relax in variants:
+                results["cases"].append(cryorient_case(tmp, name, kind, args.n, poses, symmetry, relax))
+                print(results["cases"][-1], flush=True)
+                write_results(stem, results)  # after each case: a long run stopped keeps what it measured
         if args.relion and kind in ("exact", "moved15", "lowpass60") and shutil.which("relion_refine_mpi"):
-            results["cases"].append(relion_case(tmp, name, args.n, kind))
+            results["cases"].append(relion_case(tmp, name, args.n, kind, "C1" if name == "1a28" else sym))
             print(results["cases"][-1], flush=True)
+            write_results(stem, results)
     print_table(results["cases"], [("structure", "structure"), ("reference", "reference"), ("method", "method"),
                                    ("seconds", "s"), ("rounds", "rounds"), ("median_deg", "median °"),
                                    ("hand", "hand"), ("resolution_A", "half maps Å"), ("vs_truth_A", "vs truth Å"),
@@ -293,7 +348,7 @@ def main() -> None:
                                          ("network_deg", "network °"), ("search_s", "search s"),
                                          ("search_deg", "search °")],
                     "Pose proposals at 20 Å: network vs global search (7.5° grid)")
-    write_results("refine_" + "_".join(c.replace(":", "-") for c in args.only), results)
+    write_results(stem, results)
 
 
 if __name__ == "__main__":

@@ -206,3 +206,46 @@ def make_oligomer(st: gemmi.Structure, operators: np.ndarray, distance_angstrom:
     out.add_model(out_model)
     out.setup_entities()
     return out
+
+
+def pseudo_twofold_frame(st: gemmi.Structure, chains: tuple[str, str]) -> tuple[gemmi.Structure, float]:
+    """A homodimer turned into RELION's C2 frame: the 2-fold relating its two chains (from their
+    common CA atoms, Kabsch) along z through the centre of mass at the origin. Returns the
+    structure and the residual RMSD (Å) of the pseudo-symmetry."""
+    out = st.clone()
+    model = out[0]
+
+    def cas(name: str) -> dict:
+        return {(r.seqid.num, r.seqid.icode): np.asarray(r["CA"][0].pos.tolist())
+                for ch in model if ch.name == name for r in ch if r.find_atom("CA", "*")}
+
+    a, b = cas(chains[0]), cas(chains[1])
+    keys = sorted(set(a) & set(b))
+    if len(keys) < 10:
+        raise CryorientError(f"chains {chains} share too few residues to define a pseudo-2-fold")
+    pa, pb = np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
+    ca, cb = pa.mean(0), pb.mean(0)
+    u, _, vt = np.linalg.svd((pa - ca).T @ (pb - cb))
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    rot = vt.T @ np.diag([1.0, 1.0, d]) @ u.T  # pb ~ rot (pa - ca) + cb
+    w, v = np.linalg.eig(rot)
+    axis = np.real(v[:, np.argmin(np.abs(w - 1))])
+    axis /= np.linalg.norm(axis)
+    # a rotation taking the axis to z
+    z = np.array([0.0, 0.0, 1.0])
+    c = float(axis @ z)
+    k = np.cross(axis, z)
+    s = float(np.linalg.norm(k))
+    if s < 1e-9:
+        to_z = np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
+    else:
+        k /= s
+        kk = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+        to_z = np.eye(3) + s * kk + (1 - c) * kk @ kk
+    com = 0.5 * (ca + cb)
+    for ch in model:
+        for r in ch:
+            for at in r:
+                at.pos = gemmi.Position(*(to_z @ (np.asarray(at.pos.tolist()) - com)))
+    rmsd = float(np.sqrt((((rot @ (pa - ca).T).T + cb - pb) ** 2).sum(1).mean()))
+    return out, rmsd
