@@ -53,9 +53,8 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 SIMULATE = """
 import json, torch
 from pathlib import Path
-from cryorient.density import DensityConfig
+from cryorient.config import DensityConfig, SimulationConfig
 from cryorient.simulate.run import run_simulation
-from cryorient.simulate.simulator import SimulationConfig
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
 m = run_simulation("3kpr_single", DensityConfig(box=64, pixel_size=2.5),
                    SimulationConfig(n_particles={n}, snr={snr}, max_shift_px=2.0), out,
@@ -96,11 +95,11 @@ def run_aspire(python: str, stack: Path, n: int, out: Path, limit: float) -> dic
     return {"status": "ok", "wall_s": round(wall, 1)}
 
 
-def run_cryorient(star: Path, out: Path, cache: Path, epochs: int) -> dict:
+def run_cryorient(star: Path, out: Path, cache: Path, minutes: float) -> dict:
     env = {**os.environ, "CRYORIENT_CACHE": str(cache)}
     t = time.perf_counter()
     cmd = [sys.executable, "-m", "cryorient", "run", "--particles", str(star), "--reference", "3kpr_single",
-           "--epochs", str(epochs), "--outdir", str(out), "--quiet"]
+           "--method", "distances", "--minutes", str(minutes), "--outdir", str(out), "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
@@ -117,7 +116,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[500, 1000])
     ap.add_argument("--snr", nargs="+", default=["inf", "1", "0.25", "0.0625"])
     ap.add_argument("--time-limit", type=float, default=600.0, help="seconds per ASPIRE case")
-    ap.add_argument("--epochs", type=int, default=30, help="cryorient training epochs (100 steps each)")
+    ap.add_argument("--minutes", type=float, default=5.0, help="cryorient training budget (wall time)")
     ap.add_argument("--aspire-max-n-after-timeout", action="store_true",
                     help="keep running ASPIRE at an N that already timed out at another SNR")
     ap.add_argument("--workdir", default=None)
@@ -145,7 +144,7 @@ def main() -> None:
                 elif a["status"].startswith("time-out"):
                     timed_out[n] = label
             rows.append({**base, "method": "ASPIRE CLSyncVoting", **a})
-            c = run_cryorient(star, full.parent / f"cryorient_{n}", cache, args.epochs)
+            c = run_cryorient(star, full.parent / f"cryorient_{n}", cache, args.minutes)
             rows.append({**base, "method": "cryorient, reference-trained", **c})
             rows.append({**base, "method": "cryorient, library model", "status": "no shipped library model"})
             for r in rows[-3:]:
@@ -153,7 +152,7 @@ def main() -> None:
     print_table(rows, [("snr", "SNR"), ("n", "N"), ("method", "method"), ("median_deg", "median error °"),
                        ("wall_s", "wall s"), ("train_s", "of which training s"), ("status", "status")],
                 "ASPIRE common lines vs cryorient, 3kpr_single, box 64, no CTF")
-    write_results("compare_aspire", {"rows": rows, "epochs": args.epochs, "time_limit_s": args.time_limit})
+    write_results("compare_aspire", {"rows": rows, "minutes": args.minutes, "time_limit_s": args.time_limit})
 
 
 if __name__ == "__main__":

@@ -26,17 +26,17 @@ from common import print_table, run_isolated, write_results
 CASE = """
 import json, time, torch
 from pathlib import Path
-from cryorient.density import DensityConfig, load_volume
+from cryorient.config import DensityConfig, LocalRefineConfig, ModelConfig, RecoverConfig, SimulationConfig, TrainConfig
+from cryorient.density import load_volume
 from cryorient.distance.data import imaging_from_stack
-from cryorient.distance.model import ModelConfig
 from cryorient.distance.predict import model_source
 from cryorient.distance.preprocess import default_input
-from cryorient.distance.train import TrainConfig, train_on_reference
-from cryorient.orientation.run import RecoverConfig, run_recovery
+from cryorient.distance.train import train_on_reference
+from cryorient.evaluation import evaluate_poses, truth_of
+from cryorient.orientation.run import run_recovery
 from cryorient.orientation.sources import make_source
 from cryorient.particles import read_particles
 from cryorient.simulate.run import run_simulation
-from cryorient.simulate.simulator import SimulationConfig
 from cryorient.structure import move_domain, read_atoms, resolve_structure, write_structure
 work = Path("{work}"); work.mkdir(parents=True, exist_ok=True)
 source = "{source}"
@@ -46,28 +46,32 @@ if {move_deg}:
 sim = work / "sim"; (sim / "figures").mkdir(parents=True, exist_ok=True)
 noise = {noise_variance}
 cfg = SimulationConfig(n_particles=5000, snr={snr}, noise_variance=noise, max_shift_px=4.0, ctf={ctf})
-truth = run_simulation(source, DensityConfig(box=64, pixel_size={px}, resolution={res}), cfg, sim,
-                       torch.Generator().manual_seed(1)).truth
-stack = read_particles(sim / "particles.star")
+measured = run_simulation(source, DensityConfig(box=64, pixel_size={px}, resolution={res}), cfg, sim,
+                          torch.Generator().manual_seed(1)).truth.measured_snr
+full = read_particles(sim / "particles.star"); truth = truth_of(full)
+stack = full.blind().with_half_sets(torch.Generator().manual_seed(0))
 size, input_px = default_input(64, {px}, 32)
-tcfg = TrainConfig(epochs={epochs}, steps_per_epoch=100,
-                   model=ModelConfig(input_size=size, input_pixel_size=input_px, phase_flip={ctf}))
-volume = load_volume("{reference}", DensityConfig(box=64, pixel_size={px}, resolution={ref_res}))
-imaging = imaging_from_stack(stack)
+tcfg = TrainConfig(minutes={minutes}, model=ModelConfig(input_size=size, input_pixel_size=input_px, phase_flip={ctf}))
+density = DensityConfig(box=64, pixel_size={px}, resolution={ref_res})
+volume = load_volume("{reference}", density)
+imaging = imaging_from_stack(stack, volume, density.resolved_resolution())
 (work / "train" / "figures").mkdir(parents=True, exist_ok=True)
 t = time.perf_counter()
-final = train_on_reference(volume, imaging, tcfg, work / "train")
+trained = train_on_reference(volume, imaging, tcfg, work / "train")
 train_s = time.perf_counter() - t
 g = torch.Generator().manual_seed(0)
 src, nn = model_source(stack, str(work / "train" / "model.pt"), 16)
 t = time.perf_counter()
-out = run_recovery(stack, src, RecoverConfig(neighbours=16, refine_rounds=3), g, nn)
+out = run_recovery(stack, src, RecoverConfig(neighbours=16), g, nn)
 rec_s = time.perf_counter() - t
-m, b = out.evaluation.metrics(), out.evaluation_before_refinement.metrics()
-e = run_recovery(stack, make_source("euclidean", stack, g), RecoverConfig(), g).evaluation.metrics()
-print(json.dumps({{"snr_measured": truth.measured_snr, "snr_estimated": imaging.snr,
+px = stack.pixel_size
+m = evaluate_poses(out.rotations, None, truth, px).metrics()
+b = evaluate_poses(out.rotations_before_refinement, None, truth, px).metrics()
+e = run_recovery(stack, make_source("euclidean", stack, g), RecoverConfig(refine=LocalRefineConfig(rounds=0)), g)
+e = evaluate_poses(e.rotations, None, truth, px).metrics()
+print(json.dumps({{"snr_measured": measured, "snr_estimated": imaging.snr,
                   "train_min": round(train_s / 60, 1), "recover_s": round(rec_s, 1),
-                  "val_mae_rad": round(final["val_mae"], 3),
+                  "val_mae_rad": round(trained.final["val_mae"], 3),
                   "median_deg": round(b["rotation_error"]["median_deg"], 2),
                   "o4_deg": round(b["o4_diagnostic"]["median_deg"], 2),
                   "refined_median_deg": round(m["rotation_error"]["median_deg"], 2),
@@ -95,9 +99,8 @@ def main() -> None:
     ap.add_argument("--seed-map", default="../shared/structures/5j0n_seed_map.mrc")
     ap.add_argument("--only", nargs="*", default=None, help="groups (5j0n, error) or case names")
     ap.add_argument("--minutes", type=float, default=10.0,
-                    help="training budget per reference, as steps (~10 steps/s on 2 cores)")
+                    help="training budget per reference (wall time)")
     args = ap.parse_args()
-    epochs = max(1, round(args.minutes * 60 * 10 / 100))
     tmp = Path(tempfile.mkdtemp(prefix="cryorient-bench-distance-"))
     rows = []
     for name, c in CASES.items():
@@ -105,7 +108,7 @@ def main() -> None:
             continue
         params = {k: (v.format(seed=Path(args.seed_map).resolve()) if isinstance(v, str) else v)
                   for k, v in c.items() if k not in ("group", "seed_deg")}
-        r = run_isolated(CASE.format(work=tmp / name, epochs=epochs, **params))
+        r = run_isolated(CASE.format(work=tmp / name, minutes=args.minutes, **params))
         r.update(case=name, seed_deg=c.get("seed_deg", ""))
         rows.append(r)
         print(f"{name}: {r['median_deg']}° ({r['refined_median_deg']}° refined), train {r['train_min']} min",

@@ -23,9 +23,8 @@ from common import print_table, run_isolated, write_results
 SIMULATE = """
 import json, torch
 from pathlib import Path
-from cryorient.density import DensityConfig
+from cryorient.config import DensityConfig, SimulationConfig
 from cryorient.simulate.run import run_simulation
-from cryorient.simulate.simulator import SimulationConfig
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
 run_simulation("{structure}", DensityConfig(box={box}, pixel_size={px}),
                SimulationConfig(n_particles={n}, snr=1/16, max_shift_px=4.0, ctf=True), out,
@@ -42,7 +41,7 @@ from cryorient.reconstruct.run import reconstruct
 stack = read_particles("{star}")
 ref = load_reference("{volume}", stack.box, stack.pixel_size)
 t = time.perf_counter()
-res = reconstruct(stack, stack.rotations(), ReconstructConfig(), torch.Generator().manual_seed(0), ref)
+res = reconstruct(stack, stack.rotations(), ReconstructConfig(), ref, generator=torch.Generator().manual_seed(0))
 dt = time.perf_counter() - t
 print(json.dumps({{"n": stack.n, "box": stack.box, "seconds": round(dt, 2),
                   "images_per_s": round(stack.n / dt, 1),
@@ -52,29 +51,32 @@ print(json.dumps({{"n": stack.n, "box": stack.box, "seconds": round(dt, 2),
 
 ACCURACY = """
 import json, time, torch
-from cryorient.orientation.recover import RecoveryConfig
-from cryorient.orientation.run import RecoverConfig, run_recovery
+from cryorient.config import RecoverConfig
+from cryorient.evaluation import evaluate_poses, truth_of
+from cryorient.orientation.run import run_recovery
 from cryorient.orientation.sources import make_source
 from cryorient.particles import read_particles
 from cryorient.config import ReconstructConfig
 from cryorient.density import load_reference
 from cryorient.reconstruct.run import reconstruct
-stack = read_particles("{star}")
-ref = load_reference("{volume}", stack.box, stack.pixel_size)
+full = read_particles("{star}")
+truth = truth_of(full)
 g = torch.Generator().manual_seed(0)
+stack = full.blind().with_half_sets(g)
+ref = load_reference("{volume}", stack.box, stack.pixel_size)
 rows = []
 def score(label, rot, origins, median):
     s = stack.with_orientations(rot, origins)
-    r = reconstruct(s, rot, ReconstructConfig(), torch.Generator().manual_seed(0), ref)
+    r = reconstruct(s, rot, ReconstructConfig(), ref)
     rows.append({{"orientations": label, "median_error_deg": median,
                  "fsc_halves_A": round(r.resolution_halves.angstrom, 2),
                  "fsc_truth_A": round(r.resolution_reference.angstrom, 2)}})
-score("true (true shifts)", stack.rotations(), stack.shifts_angstrom(), 0.0)
+score("true (true shifts)", truth.rotations, truth.origins_angstrom, 0.0)
 for spec in ("true", "perturbed:0.4"):
-    out = run_recovery(stack, make_source(spec, stack, g), RecoverConfig(pairs_per_particle=128), g)
-    aligned = out.evaluation.aligned.float()
-    score(f"recovered from {{spec}} distances (estimated shifts)", aligned, out.origins_angstrom,
-          round(out.evaluation.metrics()["rotation_error"]["median_deg"], 2))
+    out = run_recovery(stack, make_source(spec, stack, g, truth), RecoverConfig(pairs_per_particle=128), g)
+    ev = evaluate_poses(out.rotations, out.origins_angstrom, truth, stack.pixel_size)
+    score(f"recovered from {{spec}} distances (estimated shifts)", ev.evaluation.aligned.float(),
+          out.origins_angstrom, round(ev.median_deg, 2))
 print(json.dumps({{"rows": rows}}))
 """
 

@@ -24,9 +24,8 @@ SEED_PERTURBED_DEG = {0.2: 5.7, 0.4: 7.3, 0.6: 9.3, 0.8: 11.1}  # 5j0n, after O(
 SIMULATE = """
 import json, math, torch
 from pathlib import Path
-from cryorient.density import DensityConfig
+from cryorient.config import DensityConfig, SimulationConfig
 from cryorient.simulate.run import run_simulation
-from cryorient.simulate.simulator import SimulationConfig
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
 run_simulation("1ake_adk_closed", DensityConfig(box=64, pixel_size=2.0),
                SimulationConfig(n_particles={n}, snr={snr}, max_shift_px=4.0), out,
@@ -36,20 +35,23 @@ print(json.dumps({{"ok": True}}))
 
 CASE = """
 import json, math, time, torch
-from cryorient.orientation.run import RecoverConfig, run_recovery
-from cryorient.orientation.recover import RecoveryConfig
+from cryorient.config import RecoverConfig, RecoveryConfig, LocalRefineConfig
+from cryorient.evaluation import evaluate_poses, truth_of
+from cryorient.orientation.run import run_recovery
 from cryorient.orientation.sources import make_source
 from cryorient.particles import read_particles
 from cryorient.imaging.translation import estimate_shifts
-stack = read_particles("{star}")
+full = read_particles("{star}")
+truth = truth_of(full)
 g = torch.Generator().manual_seed(0)
-source = make_source("{source}", stack, g)
-cfg = RecoverConfig(pairs_per_particle={k}, shifts="zero",
+stack = full.blind().with_half_sets(g)
+source = make_source("{source}", stack, g, truth)  # true / perturbed: baselines that read the truth
+cfg = RecoverConfig(pairs_per_particle={k}, shifts="zero", refine=LocalRefineConfig(rounds=0),
                     recovery=RecoveryConfig(optimizer="{optimizer}"))
 t = time.perf_counter()
 out = run_recovery(stack, source, cfg, g)
 wall = time.perf_counter() - t
-m = out.evaluation.metrics()
+m = evaluate_poses(out.rotations, None, truth, stack.pixel_size).metrics()
 res = {{"n": stack.n, "pairs": len(out.pairs), "wall_s": round(wall, 1),
        "median_deg": round(m["rotation_error"]["median_deg"], 3),
        "mean_deg": round(m["rotation_error"]["mean_deg"], 3),
@@ -61,7 +63,7 @@ if {shifts}:
     t = time.perf_counter()
     origins = estimate_shifts(stack, out.rotations)
     res["shift_estimation_s"] = round(time.perf_counter() - t, 1)
-    res["shift_error_px_median"] = round(float(((origins - stack.shifts_angstrom()).norm(dim=1)
+    res["shift_error_px_median"] = round(float(((origins - truth.origins_angstrom).norm(dim=1)
                                                 / stack.pixel_size).median()), 3)
 print(json.dumps(res))
 """

@@ -38,9 +38,8 @@ DIAMETER = 130  # Å, RELION's --particle_diameter (mask) in the 160 Å box
 SIMULATE = """
 import json, torch
 from pathlib import Path
-from cryorient.density import DensityConfig
+from cryorient.config import DensityConfig, SimulationConfig
 from cryorient.simulate.run import run_simulation
-from cryorient.simulate.simulator import SimulationConfig
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
 r = run_simulation("{structure}", DensityConfig(box={box}, pixel_size={px}),
                    SimulationConfig(n_particles={n}, snr={snr}, max_shift_px=4.0, ctf={ctf}), out,
@@ -51,11 +50,12 @@ print(json.dumps({{"snr": r.truth.measured_snr}}))
 CRYO_RECON = """
 import json, time, torch
 from cryorient.particles import read_particles
-from cryorient.reconstruct.run import ReconstructConfig, reconstruct
+from cryorient.config import ReconstructConfig
+from cryorient.reconstruct.run import reconstruct
 from cryorient.io import write_mrc
 s = read_particles("{star}")
 t = time.perf_counter()
-r = reconstruct(s, s.rotations(), ReconstructConfig(halves=False, use_ctf={ctf}), torch.Generator())
+r = reconstruct(s, s.rotations(), ReconstructConfig(halves=False, use_ctf={ctf}))
 dt = time.perf_counter() - t
 write_mrc("{out}", r.volume, s.pixel_size)
 print(json.dumps({{"seconds": round(dt, 2)}}))
@@ -73,54 +73,19 @@ print(json.dumps({{"fsc05_A": round(resolution_at(c, a.shape[0], px, 0.5).angstr
 """
 
 ALIGNED_FSC = """
-import json, math, torch
-from cryorient import so3
-from cryorient.io import read_mrc
-from cryorient.volumes import fsc, resolution_at, soft_sphere_mask
+import json, torch
 from cryorient.density import load_reference
-from cryorient.imaging.projector import project
-import roma, numpy as np
-from scipy import ndimage
+from cryorient.io import read_mrc
+from cryorient.volumes import align_maps, fsc, resolution_at, rotate_volume, soft_sphere_mask
 a, px = read_mrc("{map}")
-vol = torch.from_numpy(a).double()
-ref = load_reference("{truth}", a.shape[0], px).double()
+vol = torch.from_numpy(a).float()
 box = a.shape[0]
-# exhaustive rotation search (and the mirror) on low-passed maps, then a local polish
-from cryorient.fourier import lowpass_volume
-lo_a, lo_r = lowpass_volume(vol, px / 20.0), lowpass_volume(ref, px / 20.0)
-def rotate(v, R):
-    c = torch.arange(box, dtype=torch.float64) - box // 2
-    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
-    pts = torch.stack([x, y, z], -1) @ R.T + box // 2
-    return torch.from_numpy(ndimage.map_coordinates(v.numpy(), [pts[..., 2], pts[..., 1], pts[..., 0]],
-                                                    order=1, mode="constant"))
-best = (-2.0, None, False)
-grid = so3.sample_rotations(3000, torch.Generator().manual_seed(0), dtype=torch.float64)
-for mirror in (False, True):
-    src = torch.flip(lo_a, dims=[0]) if mirror else lo_a
-    for R in grid:
-        c = float(torch.corrcoef(torch.stack([rotate(src, R).flatten(), lo_r.flatten()]))[0, 1])
-        if c > best[0]:
-            best = (c, R, mirror)
-c0, R, mirror = best
-src = torch.flip(vol, dims=[0]) if mirror else vol
-step = math.radians(4)
-while step > math.radians(0.25):
-    moved = False
-    for axis in torch.eye(3, dtype=torch.float64):
-        for sgn in (1, -1):
-            Rt = R @ roma.rotvec_to_rotmat(sgn * step * axis)
-            c = float(torch.corrcoef(torch.stack([rotate(lowpass_volume(src, px / 10.0), Rt).flatten(),
-                                                  lowpass_volume(ref, px / 10.0).flatten()]))[0, 1])
-            if c > c0:
-                c0, R, moved = c, Rt, True
-    if not moved:
-        step /= 2
-aligned = rotate(src, R)
-# translation: centre of mass
-curve = fsc(aligned.float(), ref.float(), soft_sphere_mask(box))
-print(json.dumps({{"fsc05_A": round(resolution_at(curve, box, px, 0.5).angstrom, 2), "mirror": mirror,
-                  "corr": round(c0, 3)}}))
+ref = load_reference("{truth}", box, px)
+al = align_maps(vol, ref, px)  # rotation and both hands searched, then the translation
+aligned = rotate_volume(vol, al.rotation, al.mirror, al.shift_px)
+curve = fsc(aligned, ref, soft_sphere_mask(box))
+print(json.dumps({{"fsc05_A": round(resolution_at(curve, box, px, 0.5).angstrom, 2), "mirror": al.mirror,
+                  "corr": round(al.score, 3)}}))
 """
 
 
@@ -188,10 +153,10 @@ def initial_model(tmp: Path, n: int, minutes: float, ctf_cases: tuple[bool, ...]
         info = json.loads(marker.read_text())
         rt, rmap = info["seconds"], Path(info["map"])
         fr = run_isolated(ALIGNED_FSC.format(map=rmap, truth=out / "volume.mrc"))
-        epochs = max(1, round(minutes * 60 * 10 / 100))
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "cryorient", "run", "--particles", str(out / "particles.star"),
-                        "--reference", PEER, "--epochs", str(epochs), "--outdir", str(out / "cryorient"),
+                        "--reference", PEER, "--method", "distances", "--minutes", str(minutes),
+                        "--outdir", str(out / "cryorient"),
                         "--truth-map", str(out / "volume.mrc"), "--quiet"], check=True,
                        env={**__import__("os").environ, "CRYORIENT_CACHE": str(tmp / "cache")})
         ct = time.perf_counter() - t

@@ -239,3 +239,23 @@ def test_export_relion_writes_refine_inputs(pipeline_run, tmp_path):
     code, _, err = run_cli(*sphere, "--diameter", 500, "--outdir", tmp_path / "y")
     assert_one_line_error(code, err, "does not fit")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_model_cache_key_separates_everything_that_shapes_training():
+    from cryorient.config import TrainConfig
+    from cryorient.pipeline import model_cache_key, snr_class
+
+    imaging = {"box": 64, "pixel_size": 2.5, "snr": 1 / 16, "max_shift_px": 4.0,
+               "ctf": {"voltage": 300.0, "cs": 2.7, "amplitude_contrast": 0.1, "defocus_um": [1.0, 2.5]}}
+    base = model_cache_key("3kpr_single", None, imaging, TrainConfig(), 0)
+    assert model_cache_key("3kpr_single", None, {**imaging, "snr": 0.0651}, TrainConfig(), 0) == base  # jitter
+    changed = [
+        model_cache_key("3kpr_single", None, {**imaging, "max_shift_px": 2.0}, TrainConfig(), 0),
+        model_cache_key("3kpr_single", None, {**imaging, "ctf": {**imaging["ctf"], "cs": 0.01}}, TrainConfig(), 0),
+        model_cache_key("3kpr_single", None, imaging, TrainConfig(), 1),
+        model_cache_key("3kpr_single", None, imaging, TrainConfig(lr=1e-3), 0),
+        model_cache_key("3kpr_single", ("A",), imaging, TrainConfig(), 0),
+        model_cache_key("1ake_adk_closed", None, imaging, TrainConfig(), 0),
+    ]
+    assert len({base, *changed}) == 1 + len(changed)
+    assert snr_class(0.0) != snr_class(float("inf"))  # no signal is not noiseless

@@ -122,6 +122,20 @@ def symmetric_distance(r1: torch.Tensor, r2: torch.Tensor, group: PointGroup) ->
     return rotmat_angle(m).min(dim=-1).values
 
 
+def asymmetric_unit(rotations: torch.Tensor, operators: torch.Tensor, margin_rad: float = 0.0) -> torch.Tensor:
+    """Which of ``rotations`` ``(M, 3, 3)`` lie in one asymmetric unit of SO(3) under the group
+    of ``operators`` ``(G, 3, 3)`` (:meth:`PointGroup.ops`, the identity first; the mates
+    ``S R`` of a pose give the same projection of a symmetric map): those no farther from the
+    identity than any of their mates, plus ``margin_rad``. That is a Voronoi cell of the
+    identity's orbit, widened: a grid cut at the cell's faces reaches the views near them from
+    one side only; a margin of a quarter of the grid step gives back the full grid's reach
+    (tests/test_symmetry.py). A uniform grid keeps about 1/order of its points."""
+    from .so3 import rotmat_angle
+
+    angles = rotmat_angle(operators.to(rotations) @ rotations[:, None])  # (M, G); the identity first
+    return angles[:, 0] <= angles.min(dim=1).values + margin_rad + 1e-6
+
+
 def nearest_mates(estimated: torch.Tensor, reference: torch.Tensor, group: PointGroup) -> torch.Tensor:
     """For each estimate, the symmetry mate ``S R_est`` closest to the reference ``(N, 3, 3)``."""
     from .so3 import rotmat_angle

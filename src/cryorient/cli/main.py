@@ -39,8 +39,9 @@ COMMANDS = {
 def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog="cryorient",
-        description="Recover cryo-EM particle orientations from learned pairwise distances, "
-                    "and reconstruct the density.",
+        description="Recover the orientations of single-particle cryo-EM projections (gold-standard "
+                    "refinement from the reference you have, or the original learned-distance method) and "
+                    "reconstruct the density; RELION files in and out.",
         formatter_class=HelpFormatter,
     )
     from .. import __version__

@@ -96,13 +96,16 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        name, help="the whole pipeline: simulate/particles -> distances -> recover -> reconstruct",
-        description="Run every stage into one run directory: simulate (unless --particles), train the "
-                    "distance on --reference for this stack (cached; or use --model), recover "
-                    "orientations, resolve the ambiguity, estimate shifts, refine locally, put the poses "
-                    "in the reference's frame and hand, reconstruct with half maps; evaluate when the "
-                    "STAR carries true angles; write particles.star, map.mrc, summary.json and "
-                    "report.html. A rerun skips finished stages.",
+        name, help="the whole pipeline: simulate/particles -> refine (or distances -> recover) -> reconstruct",
+        description="Run every stage into one run directory: simulate (unless --particles); then "
+                    "--method refine (the default): gold-standard refinement from --reference low-passed "
+                    "to --initial-lowpass, half sets with their own maps, global search then local "
+                    "refinement, rounds driven by the half maps' FSC (--symmetry for point groups); or "
+                    "--method distances (the original method): train the distance on --reference for "
+                    "this stack (cached; or use --model), recover orientations, resolve the ambiguity, "
+                    "estimate shifts, refine locally, put the poses in the reference's frame and hand, "
+                    "reconstruct with half maps. Evaluate when the STAR carries true angles; write "
+                    "particles.star, map.mrc, summary.json and report.html. A rerun skips finished stages.",
         epilog=EXAMPLES, formatter_class=HelpFormatter)
     add_pipeline_options(p)
     add_run_options(p)

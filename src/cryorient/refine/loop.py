@@ -45,6 +45,7 @@ from ..imaging.translation import translation
 from ..particles import ParticleStack
 from ..so3 import grid as so3_grid
 from ..so3 import rotmat_distance
+from ..symmetry import asymmetric_unit
 from ..volumes import Resolution, corrected_fsc, lowpass_to_resolution, resolution_at, soft_sphere_mask
 from .search import global_search
 
@@ -264,7 +265,10 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
                 # the first search looks for the particles' offsets too; later ones around the
                 # current origins
                 window = cfg.max_shift_fraction * s if not state.have_poses else 1.5
-                found = global_search(images, ctf_h, px_s, prepared, so3_grid(step).to(device), cutoff, window,
+                grid = so3_grid(step)
+                if ops is not None:  # the maps are symmetric: one asymmetric unit holds every view
+                    grid = grid[asymmetric_unit(grid, ops, math.radians(step / 4))]
+                found = global_search(images, ctf_h, px_s, prepared, grid.to(device), cutoff, window,
                                       origins_px=o_h if state.have_poses else None)
                 candidates["search"] = (found.rotations.to(device), -found.shifts_px.to(device))
             if cfg.poses == "network" and proposer is not None and mates is None:
