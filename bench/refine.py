@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import starfile
+
 from common import print_table, run_isolated, write_results
 
 STRUCTURES = {
@@ -148,10 +150,13 @@ seconds = time.perf_counter() - t
 truth_map = load_reference("{truth}", 64, px)
 mask = soft_sphere_mask(64)
 freqs = shell_frequencies(64, px)
-vs_ref = fsc(result.map, reference, mask)[freqs > 1.0 / cfg.initial_lowpass]
+vs_ref_curve = fsc(result.map, reference, mask)
+vs_ref = vs_ref_curve[freqs > 1.0 / cfg.initial_lowpass]
+within = vs_ref_curve[(freqs > 0) & (freqs <= 1.0 / cfg.initial_lowpass)]
 out = {{"seconds": round(seconds), "rounds": len(result.rounds), "signal": result.signal,
         "resolution_A": round(result.resolution.angstrom, 2) if result.signal else None,
-        "fsc_vs_reference_beyond_start": round(float(vs_ref.max()), 3), "per_round_deg": per_round,
+        "fsc_vs_reference_beyond_start": round(float(vs_ref.max()), 3),
+        "fsc_vs_reference_within_start": round(float(within.min()), 3), "per_round_deg": per_round,
         "proposals": result.rounds[-1].proposals}}
 if not {noise}:
     ev = evaluate_poses(nearest_mates(result.rotations, truth.rotations, judge_group), result.origins_angstrom,
@@ -217,12 +222,19 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str
     work.mkdir()
     px = STRUCTURES[name]["px"]
     diameter = int(0.9 * 64 * px)
-    # extraction-style normalisation: zero mean, unit variance in the background ring
-    subprocess.run(["relion_preprocess", "--operate_on", str(sim / "particles.star"), "--operate_out",
-                    str(work / "norm.star"), "--norm", "--bg_radius", str(int(0.9 * 32))], cwd=work, check=True,
+    # extraction-style normalisation (zero mean, unit variance in the background ring; RELION 3.1's
+    # relion_preprocess does it on stacks only), and a STAR without the truth's pose columns
+    subprocess.run(["relion_preprocess", "--operate_on", str(sim / "particles.mrcs"), "--operate_out",
+                    str(work / "norm.mrcs"), "--norm", "--bg_radius", str(int(0.9 * 32))], cwd=work, check=True,
                    capture_output=True)
+    blocks = starfile.read(sim / "particles.star", always_dict=True)
+    table = blocks["particles"].drop(columns=[c for c in blocks["particles"].columns
+                                              if c.startswith(("rlnAngle", "rlnOrigin"))])
+    table["rlnImageName"] = [f"{k + 1:06d}@norm.mrcs" for k in range(len(table))]
+    starfile.write({"optics": blocks["optics"], "particles": table}, work / "norm.star")
+    (work / "out").mkdir()
     t = time.perf_counter()
-    args = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--o", "run",
+    args = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--o", "out/run",
             "--auto_refine", "--split_random_halves", "--i", "norm.star", "--ref", str(ref), "--ini_high",
             "60" if kind == "lowpass60" else "40", "--firstiter_cc", "--ctf", "--particle_diameter", str(diameter),
             "--flatten_solvent", "--zero_mask", "--oversampling", "1", "--healpix_order", "2",
@@ -241,7 +253,7 @@ from cryorient.particles import read_particles
 from cryorient.reconstruct.run import reconstruct
 from cryorient.symmetry import nearest_mates, point_group
 truth = truth_of(read_particles("{sim / 'particles.star'}"))
-data = read_particles("{work / 'run_data.star'}")
+data = read_particles("{work / 'out' / 'run_data.star'}")
 # RELION may write its particles in another order than it read them: put them back by image index
 order = [int(name.split("@")[0]) - 1 for name in data.particles["rlnImageName"]]
 data = data.subset(__import__("numpy").argsort(order))
@@ -252,7 +264,7 @@ aligned = data.with_orientations(ev.evaluation.aligned.float(), data.shifts_angs
 mine = reconstruct(aligned, aligned.rotations(), ReconstructConfig(halves=False, symmetry="{symmetry}"),
                    load_reference("{sim / 'volume.mrc'}", 64, data.pixel_size))
 res = None
-for line in open("{work / 'run_model.star'}"):
+for line in open("{work / 'out' / 'run_model.star'}"):
     if line.startswith("_rlnCurrentResolution"):
         res = float(line.split()[1])
 print(json.dumps({{"median_deg": round(ev.median_deg, 2), "hand": ev.metrics()["hand"],
