@@ -213,6 +213,40 @@ def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry
     return {"structure": name, "reference": kind, "method": label + ")", **r}
 
 
+RELION_JUDGE = """
+import json, numpy
+from cryorient.config import ReconstructConfig
+from cryorient.density import load_reference
+from cryorient.evaluation import evaluate_poses, truth_of
+from cryorient.particles import read_particles
+from cryorient.reconstruct.run import reconstruct
+from cryorient.symmetry import nearest_mates, point_group
+truth = truth_of(read_particles("{sim}/particles.star"))
+data = read_particles("{data_star}")
+# RELION may write its particles in another order than it read them: put them back by image index
+order = [int(name.split("@")[0]) - 1 for name in data.particles["rlnImageName"]]
+data = data.subset(numpy.argsort(order))
+group = point_group("{symmetry}")
+ev = evaluate_poses(nearest_mates(data.rotations(), truth.rotations, group), data.shifts_angstrom(), truth,
+                    data.pixel_size)
+aligned = data.with_orientations(ev.evaluation.aligned.float(), data.shifts_angstrom())
+mine = reconstruct(aligned, aligned.rotations(), ReconstructConfig(halves=False, symmetry="{symmetry}"),
+                   load_reference("{sim}/volume.mrc", 64, data.pixel_size))
+res = None
+for line in open("{model_star}"):
+    if line.startswith("_rlnCurrentResolution"):
+        res = float(line.split()[1])
+print(json.dumps({{"median_deg": round(ev.median_deg, 2), "hand": ev.metrics()["hand"],
+                  "vs_truth_A": round(mine.resolution_reference.angstrom, 2), "resolution_A": res}}))
+"""
+
+
+def judge_relion(sim: Path, data_star: Path, model_star: Path, symmetry: str) -> dict:
+    """RELION's poses (``run[_itNNN]_data.star``) judged as cryorient's are; its resolution from the
+    model STAR (a half's ``run_itNNN_half1_model.star`` for an iteration of an unfinished run)."""
+    return run_isolated(RELION_JUDGE.format(sim=sim, data_star=data_star, model_star=model_star, symmetry=symmetry))
+
+
 def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str = "C1") -> dict:
     """relion_refine_mpi auto-refine from the same low-passed reference on the same stack."""
     sim = stack_for(tmp, name, n)
@@ -244,32 +278,7 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str
     with open(work / "relion.log", "w") as fh:
         subprocess.run(args, cwd=work, stdout=fh, stderr=subprocess.STDOUT, check=True)
     seconds = time.perf_counter() - t
-    judged = run_isolated(f"""
-import json, torch
-from cryorient.config import ReconstructConfig
-from cryorient.density import load_reference
-from cryorient.evaluation import evaluate_poses, truth_of
-from cryorient.particles import read_particles
-from cryorient.reconstruct.run import reconstruct
-from cryorient.symmetry import nearest_mates, point_group
-truth = truth_of(read_particles("{sim / 'particles.star'}"))
-data = read_particles("{work / 'out' / 'run_data.star'}")
-# RELION may write its particles in another order than it read them: put them back by image index
-order = [int(name.split("@")[0]) - 1 for name in data.particles["rlnImageName"]]
-data = data.subset(__import__("numpy").argsort(order))
-group = point_group("{symmetry}")
-ev = evaluate_poses(nearest_mates(data.rotations(), truth.rotations, group), data.shifts_angstrom(), truth,
-                    data.pixel_size)
-aligned = data.with_orientations(ev.evaluation.aligned.float(), data.shifts_angstrom())
-mine = reconstruct(aligned, aligned.rotations(), ReconstructConfig(halves=False, symmetry="{symmetry}"),
-                   load_reference("{sim / 'volume.mrc'}", 64, data.pixel_size))
-res = None
-for line in open("{work / 'out' / 'run_model.star'}"):
-    if line.startswith("_rlnCurrentResolution"):
-        res = float(line.split()[1])
-print(json.dumps({{"median_deg": round(ev.median_deg, 2), "hand": ev.metrics()["hand"],
-                  "vs_truth_A": round(mine.resolution_reference.angstrom, 2), "resolution_A": res}}))
-""")
+    judged = judge_relion(sim, work / "out" / "run_data.star", work / "out" / "run_model.star", symmetry)
     return {"structure": name, "reference": kind, "method": f"RELION 3.1 auto-refine ({symmetry})",
             "seconds": round(seconds), **judged}
 
@@ -327,8 +336,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--tag", default=None, help="name of the JSON in bench/results (default: from the cases)")
+    ap.add_argument("--judge-relion", nargs=2, metavar=("STACK_DIR", "DATA_STAR"), default=None,
+                    help="judge one iteration of a (stopped) RELION run: the stack's directory and its "
+                         "run_itNNN_data.star (the half1 model STAR beside it gives the resolution)")
     ap.add_argument("--c1-too", action="store_true", help="symmetric structures: also refine them in C1")
     args = ap.parse_args()
+    if args.judge_relion:
+        sim, data = map(Path, args.judge_relion)
+        model = data.with_name(data.name.replace("_data.star", "_half1_model.star"))
+        print(judge_relion(sim, data, model, "C1"))
+        return
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-refine-"))
     tmp.mkdir(parents=True, exist_ok=True)
     results: dict = {"n": args.n, "cases": []}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gemmi
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from .errors import CryorientError, require_file
 
@@ -225,27 +226,14 @@ def pseudo_twofold_frame(st: gemmi.Structure, chains: tuple[str, str]) -> tuple[
         raise CryorientError(f"chains {chains} share too few residues to define a pseudo-2-fold")
     pa, pb = np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
     ca, cb = pa.mean(0), pb.mean(0)
-    u, _, vt = np.linalg.svd((pa - ca).T @ (pb - cb))
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    rot = vt.T @ np.diag([1.0, 1.0, d]) @ u.T  # pb ~ rot (pa - ca) + cb
-    w, v = np.linalg.eig(rot)
-    axis = np.real(v[:, np.argmin(np.abs(w - 1))])
-    axis /= np.linalg.norm(axis)
-    # a rotation taking the axis to z
-    z = np.array([0.0, 0.0, 1.0])
-    c = float(axis @ z)
-    k = np.cross(axis, z)
-    s = float(np.linalg.norm(k))
-    if s < 1e-9:
-        to_z = np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
-    else:
-        k /= s
-        kk = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-        to_z = np.eye(3) + s * kk + (1 - c) * kk @ kk
+    rot, _ = Rotation.align_vectors(pb - cb, pa - ca)  # Kabsch: pb ~ rot (pa - ca) + cb
+    axis = rot.as_rotvec()
+    to_z, _ = Rotation.align_vectors([[0.0, 0.0, 1.0]], [axis / np.linalg.norm(axis)])
+    to_z = to_z.as_matrix()
     com = 0.5 * (ca + cb)
     for ch in model:
         for r in ch:
             for at in r:
                 at.pos = gemmi.Position(*(to_z @ (np.asarray(at.pos.tolist()) - com)))
-    rmsd = float(np.sqrt((((rot @ (pa - ca).T).T + cb - pb) ** 2).sum(1).mean()))
+    rmsd = float(np.sqrt(((rot.apply(pa - ca) + cb - pb) ** 2).sum(1).mean()))
     return out, rmsd

@@ -46,7 +46,14 @@ from ..particles import ParticleStack
 from ..so3 import grid as so3_grid
 from ..so3 import rotmat_distance
 from ..symmetry import asymmetric_unit
-from ..volumes import Resolution, corrected_fsc, lowpass_to_resolution, resolution_at, soft_sphere_mask
+from ..volumes import (
+    Resolution,
+    corrected_fsc,
+    lowpass_to_resolution,
+    resolution_at,
+    shell_frequencies,
+    soft_sphere_mask,
+)
 from .search import global_search
 
 log = logging.getLogger(__name__)
@@ -104,7 +111,7 @@ class RefineResult:
         shells beyond it (measured: 31.9 Å after one round and 26.6 Å after five from a 40 Å start
         at box 64 and 2.5 Å/px, where the shells beyond 40 Å are at 32, 26.7 and 22.9 Å; 22.7 Å
         from 25 Å at box 32 and 4 Å/px)."""
-        shell = 1.0 / (self.fsc_halves.shape[0] * 2 - 2) / self.pixel_size
+        shell = shell_frequencies(2 * (len(self.fsc_halves) - 1), self.pixel_size)[1]
         return self.resolution.frequency >= 1.0 / self.start_resolution + SIGNAL_SHELLS * shell
 
     def warnings(self) -> list[str]:
