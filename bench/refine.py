@@ -22,6 +22,7 @@ normalisation, then ``relion_refine_mpi --auto_refine --split_random_halves`` (3
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -96,9 +97,17 @@ if kind.startswith("moved"):
     st = move_domain(read_atoms(resolve_structure("{structure}"), chains={chains}), {moving}, float(kind[5:]))
     write_structure(st, str(out.with_suffix(".cif"))); vol = load_volume(out.with_suffix(".cif"), density)
 elif kind == "missing":
-    keep = tuple(c for c in ({chains} or [ch.name for ch in read_atoms(resolve_structure("{structure}"))[0]])
-                 if c != "{missing}")
-    vol = load_volume("{structure}", DensityConfig(box=64, pixel_size={px}, chains=keep))
+    # the structure without one chain, in the whole structure's frame (density is centred on
+    # the centre of mass, which the missing chain moves: computed in a larger box, shifted
+    # back by the difference of the two centres and cropped)
+    from cryorient.volumes import rotate_volume
+    full = read_atoms(resolve_structure("{structure}"), chains={chains})
+    keep = tuple(ch.name for ch in full[0] if ch.name != "{missing}")
+    part = read_atoms(resolve_structure("{structure}"), chains=keep)
+    big = load_volume("{structure}", DensityConfig(box=96, pixel_size={px}, chains=keep))
+    moved = (np.asarray(part[0].calculate_center_of_mass().tolist())
+             - np.asarray(full[0].calculate_center_of_mass().tolist())) / {px}
+    vol = rotate_volume(big, torch.eye(3), shift_px=torch.as_tensor(moved, dtype=torch.float32))[16:80, 16:80, 16:80]
 else:
     vol = load_volume("{structure}", density)
     if kind.startswith("lowpass"):
@@ -156,7 +165,8 @@ within = vs_ref_curve[(freqs > 0) & (freqs <= 1.0 / cfg.initial_lowpass)]
 out = {{"seconds": round(seconds), "rounds": len(result.rounds), "signal": result.signal,
         "resolution_A": round(result.resolution.angstrom, 2) if result.signal else None,
         "fsc_vs_reference_beyond_start": round(float(vs_ref.max()), 3),
-        "fsc_vs_reference_within_start": round(float(within.min()), 3), "per_round_deg": per_round,
+        "fsc_vs_reference_within_start": round(float(within.min()), 3),
+        "fsc_vs_reference_shells": [round(float(x), 3) for x in vs_ref_curve[1:13]], "per_round_deg": per_round,
         "proposals": result.rounds[-1].proposals}}
 if not {noise}:
     ev = evaluate_poses(nearest_mates(result.rotations, truth.rotations, judge_group), result.origins_angstrom,
@@ -267,7 +277,7 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str
     table["rlnImageName"] = [f"{k + 1:06d}@norm.mrcs" for k in range(len(table))]
     starfile.write({"optics": blocks["optics"], "particles": table}, work / "norm.star")
     (work / "out").mkdir()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     args = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--o", "out/run",
             "--auto_refine", "--split_random_halves", "--i", "norm.star", "--ref", str(ref), "--ini_high",
             "60" if kind == "lowpass60" else "40", "--firstiter_cc", "--ctf", "--particle_diameter", str(diameter),
@@ -278,9 +288,11 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str
     with open(work / "relion.log", "w") as fh:
         subprocess.run(args, cwd=work, stdout=fh, stderr=subprocess.STDOUT, check=True)
     seconds = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
     judged = judge_relion(sim, work / "out" / "run_data.star", work / "out" / "run_model.star", symmetry)
     return {"structure": name, "reference": kind, "method": f"RELION 3.1 auto-refine ({symmetry})",
-            "seconds": round(seconds), **judged}
+            "seconds": round(seconds), "cpu_seconds_all_ranks": round(cpu_s), **judged}
 
 
 SCALING = """
@@ -294,7 +306,7 @@ from cryorient.evaluation import evaluate_poses, truth_of
 from cryorient.fourier import fourier_resize, fourier_resize_volume
 from cryorient.imaging.projector import prepare_volume
 from cryorient.particles import read_particles
-from cryorient.refine.search import global_search
+from cryorient.imaging.search import global_search
 from cryorient.so3 import grid
 from cryorient.volumes import lowpass_to_resolution
 full = read_particles("{star}"); truth = truth_of(full); blind = full.blind()

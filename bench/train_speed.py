@@ -85,7 +85,7 @@ from cryorient.fourier import fourier_resize, fourier_resize_volume
 from cryorient.imaging.align import refine_poses
 from cryorient.imaging.projector import prepare_volume
 from cryorient.particles import read_particles
-from cryorient.refine.search import global_search
+from cryorient.imaging.search import global_search
 from cryorient import so3
 full = read_particles("{star}"); truth = truth_of(full); stack = full.blind()
 volume = load_volume("{reference}", DensityConfig(box=64, pixel_size=stack.pixel_size, chains={chains}))

@@ -14,7 +14,7 @@ from pathlib import Path
 import cryorient
 
 ROOT = Path(cryorient.__file__).parent
-STAGES = {"simulate", "distance", "orientation", "reconstruct", "refine"}
+STAGES = {"simulate", "distance", "orientation", "reconstruct", "refine", "abinitio"}
 COMPOSERS = {"pipeline", "cli", "api", "__main__", "report"}  # put stages together
 
 

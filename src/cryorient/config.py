@@ -358,6 +358,38 @@ class ReconstructConfig:
         _choice(self.mask, FSCMask, "FSC mask")
 
 
+# --- initial map from the particles alone ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AbInitioConfig:
+    """Stochastic expectation-maximisation from a random start (see :mod:`cryorient.abinitio`)."""
+
+    iterations: int = 40
+    batch_start: int = 200  # particles per iteration in the first half of the iterations ...
+    batch_end: int = 400  # ... and in the second
+    start_resolution: float = 40.0  # Å: the map is low-passed to this in the first iteration ...
+    final_resolution: float = 18.0  # ... and raised linearly to this by 70% of the iterations
+    grid_step_deg: float = 15.0  # the orientation grid of the expectation step
+    top_poses: int = 30  # each image inserted along its most probable poses, weighted
+    memory: float = 0.5  # the running sums are multiplied by this before each iteration's are added
+    mask_fraction: float = 0.8  # the soft spherical mask's diameter, as a fraction of the box
+    seeds: int = 3  # independent runs: they must agree for the initial map to be trusted
+    max_shift_fraction: float = 0.1  # of the box: translations searched
+
+    def __post_init__(self):
+        _integer(self.iterations, "ab initio iterations", 1)
+        _integer(self.batch_start, "ab initio batch size", 2)
+        _integer(self.batch_end, "ab initio batch size", 2)
+        require(self.start_resolution >= self.final_resolution > 0,
+                "the ab initio resolutions must satisfy start >= final > 0")
+        require_positive(self.grid_step_deg, "ab initio grid step")
+        _integer(self.top_poses, "poses per image", 1)
+        require(0 <= self.memory < 1, "the ab initio memory must be in [0, 1)")
+        require(0 < self.mask_fraction <= 1, "the mask fraction must be in (0, 1]")
+        _integer(self.seeds, "ab initio seeds", 1)
+
+
 # --- gold-standard refinement -------------------------------------------------------------
 
 PoseProposer = Literal["network", "search"]
@@ -427,14 +459,16 @@ class PipelineConfig:
     recover: RecoverConfig = field(default_factory=RecoverConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     refinement: RefineConfig = field(default_factory=RefineConfig)
+    abinitio: AbInitioConfig = field(default_factory=AbInitioConfig)  # when no reference is given
     truth_map: str | None = None  # ground-truth map for the FSC (simulations use their own)
     seed: int = 0
 
     def __post_init__(self):
         _choice(self.method, Method, "method")
         if self.method == "refine":
-            require(self.reference is not None, "the refinement needs a reference: a structure or a map (a "
-                                                "predicted model, a homolog, a map at 40-60 Å)")
+            require(self.reference is not None or self.refinement.symmetry == "C1",
+                    "a symmetric refinement needs a reference in RELION's symmetry frame (the ab initio map "
+                    "is made in C1, in a frame of its own)")
         else:
             require(self.reference is not None or self.model is not None,
                     "the distance method needs a reference structure or map to train on, or a trained "

@@ -110,15 +110,20 @@ def fourier_resize(images: torch.Tensor, new_box: int) -> torch.Tensor:
 
 
 def fourier_resize_volume(volume: torch.Tensor, new_box: int) -> torch.Tensor:
-    """Downsample a cubic volume ``(D, D, D)`` to ``(d, d, d)`` (d <= D, both even) by cropping
-    its centred spectrum; values are scaled so that the mean is preserved (the voxel size grows
-    by ``D / d``, so a projection of the result is ``d / D`` times the projection's values)."""
+    """Resample a cubic volume ``(D, D, D)`` to ``(d, d, d)`` (both even) by cropping (d < D) or
+    zero-padding (d > D) its centred spectrum; values are scaled so that the mean is preserved
+    (the voxel size changes by ``D / d``, so a projection of the result is ``d / D`` times the
+    projection's values)."""
     box = volume.shape[-1]
     if new_box == box:
         return volume
-    if new_box > box or new_box % 2 or box % 2:
-        raise ValueError(f"fourier_resize_volume needs even sizes with new_box <= box, got {box}->{new_box}")
+    if new_box % 2 or box % 2:
+        raise ValueError(f"fourier_resize_volume needs even sizes, got {box}->{new_box}")
     spec = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(volume)))
-    lo = box // 2 - new_box // 2
-    spec = spec[lo:lo + new_box, lo:lo + new_box, lo:lo + new_box]
+    if new_box < box:
+        lo = box // 2 - new_box // 2
+        spec = spec[lo:lo + new_box, lo:lo + new_box, lo:lo + new_box]
+    else:
+        p = new_box // 2 - box // 2
+        spec = torch.nn.functional.pad(spec, [p, new_box - box - p] * 3)
     return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(spec))).real * (new_box / box) ** 3

@@ -161,6 +161,17 @@ class Stages:
 
 
 @dataclass(frozen=True)
+class AbInitioStageResult:
+    initial_map: str  # its file name in the stage directory
+    abinitio_seeds: int
+    abinitio_seeds_agree: bool
+    abinitio_worst_agreement_angstrom: float  # the least similar pair of seeds' maps, FSC 0.5
+    abinitio_seconds: float
+    warnings: list
+    initial_map_vs_truth_angstrom: float | None = None  # FSC 0.5 after aligning rotation and hand
+
+
+@dataclass(frozen=True)
 class RefineStageResult:
     rounds: int
     half_map_fsc_resolution_angstrom: float
@@ -169,6 +180,7 @@ class RefineStageResult:
     confidence_median: float
     fsc_vs_reference_beyond_start: float  # the largest FSC(map, start reference) beyond it
     warnings: list
+    fsc_vs_reference_at_start: float | None = None  # the lowest FSC(map, reference) up to it
     median_error_deg: float | None = None
     mean_error_deg: float | None = None
     p90_error_deg: float | None = None
@@ -193,18 +205,19 @@ class RunSummary:
     train: TrainStageResult | None = None
     recover: RecoverStageResult | None = None
     reconstruct: ReconstructStageResult | None = None
-    # the refinement
+    # the refinement (after an initial map from the particles alone when no reference was given)
+    abinitio: AbInitioStageResult | None = None
     refine: RefineStageResult | None = None
 
     def to_dict(self) -> dict:
         """The flat summary.json (and the report's metrics table)."""
-        nested = ("train", "recover", "reconstruct", "refine")
+        nested = ("train", "recover", "reconstruct", "abinitio", "refine")
         out = {f.name: getattr(self, f.name) for f in fields(self)
                if f.name not in nested and getattr(self, f.name) is not None}
         if self.train is not None:
             out.update(training_median_error_deg=self.train.val_median_deg,
                        training_within_15deg=self.train.val_within_15deg, model_weak=self.train.weak)
-        for part in (self.recover, self.reconstruct, self.refine):
+        for part in (self.recover, self.reconstruct, self.abinitio, self.refine):
             if part is not None:
                 out.update({k: v for k, v in asdict(part).items() if v is not None and k != "warnings"})
         warnings = self.warnings()
@@ -224,6 +237,8 @@ class RunSummary:
             if self.recover.ambiguity_margin < 0.05:
                 out.append(f"the distance ambiguity was resolved by a thin margin "
                            f"({100 * self.recover.ambiguity_margin:.1f}%)")
+        if self.abinitio is not None:
+            out.extend(self.abinitio.warnings)
         if self.refine is not None:
             out.extend(self.refine.warnings)
         return out
@@ -264,12 +279,19 @@ def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
     common = {"particles": str(star), "n_particles": stack.n, "box": stack.box, "pixel_size": stack.pixel_size,
               "reference": cfg.reference}
     if cfg.method == "refine":
+        reference, initial = cfg.reference, None
+        portable_truth = _portable(truth_map, outdir) if truth_map else None
+        if reference is None:  # 2. an initial map from the particles alone
+            initial = stages.run("abinitio", {"abinitio": cfg.abinitio, "seed": cfg.seed, "truth_map": portable_truth},
+                                 AbInitioStageResult, lambda d: _abinitio(d, cfg, blind, truth_map, device))
+            reference = str(outdir / "abinitio" / initial.initial_map)
         result = stages.run("refine", {"refine": cfg.refinement, "reference": cfg.reference,
-                                       "chains": cfg.reference_chains, "seed": cfg.seed,
-                                       "truth_map": _portable(truth_map, outdir) if truth_map else None},
-                            RefineStageResult, lambda d: _refine(d, cfg, blind, truth, truth_map, device))
+                                       "abinitio": cfg.abinitio if cfg.reference is None else None,
+                                       "chains": cfg.reference_chains, "seed": cfg.seed, "truth_map": portable_truth},
+                            RefineStageResult, lambda d: _refine(d, cfg, blind, truth, truth_map, device, reference))
         final_star, final_map = outdir / "refine" / "particles.star", outdir / "refine" / "map.mrc"
-        summary = RunSummary("refine", **common, stages_skipped=stages.skipped, wall_time_s=0.0, refine=result)
+        summary = RunSummary("refine", **common, stages_skipped=stages.skipped, wall_time_s=0.0, abinitio=initial,
+                             refine=result)
     else:
         summary = _run_distances(stages, cfg, blind, truth, truth_map, common, device, bar)
         final_star, final_map = outdir / "recover" / "orientations.star", outdir / "reconstruct" / "reconstruction.mrc"
@@ -282,17 +304,40 @@ def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
     return summary
 
 
+def _abinitio(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth_map: str | None,
+              device) -> AbInitioStageResult:
+    """The initial map from the particles alone, its files, and (with a true map) how close it is."""
+    from .abinitio.em import ab_initio
+    from .abinitio.run import write_initial_map
+    from .volumes import align_maps, fsc, resolution_at, rotate_volume, soft_sphere_mask
+
+    result = ab_initio(blind, cfg.abinitio, cfg.seed, device, progress=lambda msg: log.info("%s", msg))
+    metrics = write_initial_map(result, d)
+    worst = max((a[2] for a in result.agreement_angstrom), default=math.nan)
+    out = AbInitioStageResult("initial_map.mrc", len(result.seeds), result.agree, worst, metrics["seconds"],
+                              result.warnings())
+    if truth_map is not None:
+        true_map = load_reference(truth_map, blind.box, blind.pixel_size)
+        al = align_maps(result.map, true_map, blind.pixel_size, resolution=20.0)
+        curve = fsc(rotate_volume(result.map, al.rotation, al.mirror, al.shift_px), true_map,
+                    soft_sphere_mask(blind.box))
+        out = replace(out, initial_map_vs_truth_angstrom=round(
+            resolution_at(curve, blind.box, blind.pixel_size, 0.5).angstrom, 2))
+    return out
+
+
 def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | None, truth_map: str | None,
-            device) -> RefineStageResult:
-    """The gold-standard loop from the reference, its files, and (with the truth) its evaluation."""
+            device, reference_path: str) -> RefineStageResult:
+    """The gold-standard loop from the reference (given, or the initial map), its files, and
+    (with the truth) its evaluation."""
     from .distance.data import imaging_from_stack
     from .distance.proposer import NetworkProposer
     from .refine.loop import refine
     from .refine.run import write_refinement
-    from .volumes import fsc, lowpass_to_resolution, shell_frequencies, soft_sphere_mask
+    from .volumes import lowpass_to_resolution, shell_frequencies
 
     rc = cfg.refinement
-    reference = load_reference(cfg.reference, blind.box, blind.pixel_size, cfg.reference_chains)
+    reference = load_reference(reference_path, blind.box, blind.pixel_size, cfg.reference_chains)
     proposer = None
     if rc.poses == "network":
         start = lowpass_to_resolution(reference, blind.pixel_size, rc.initial_lowpass)
@@ -302,13 +347,14 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
                                    device=device)
     result = refine(blind, reference, rc, proposer, device, progress=lambda msg: log.info("%s", msg))
     metrics = write_refinement(result, blind, d)
-    # the control: how much of the reference beyond the start resolution is in the map
-    curve = fsc(result.map, reference, soft_sphere_mask(blind.box))
+    # the controls: how much of the reference beyond the start resolution is in the map, and
+    # how well the map agrees with it up to there
     freqs = shell_frequencies(blind.box, blind.pixel_size)
-    beyond = curve[freqs > 1.0 / rc.initial_lowpass]
+    beyond = result.fsc_reference[freqs > 1.0 / rc.initial_lowpass]
     out = RefineStageResult(len(result.rounds), result.resolution.angstrom,
                             metrics["resolution_angstrom"], rc.initial_lowpass, metrics["confidence_median"],
-                            float(beyond.max()) if beyond.size else 0.0, result.warnings())
+                            float(beyond.max()) if beyond.size else 0.0, result.warnings(),
+                            fsc_vs_reference_at_start=round(result.reference_agreement, 3))
     if truth is not None:
         # poses are defined modulo the point group (unless it was relaxed): judge the mate
         # closest to the truth
@@ -491,13 +537,22 @@ def three_line_summary(summary: RunSummary, outdir: Path) -> list[str]:
     report = f"{summary.wall_time_s:.0f} s; report: {outdir / 'report.html'}"
     if summary.refine is not None:
         r = summary.refine
-        lines = [f"{head}; refined from {summary.reference} low-passed to {r.start_resolution_angstrom:.0f} Å "
+        a = summary.abinitio
+        start = (summary.reference if a is None else
+                 f"an ab initio map ({a.abinitio_seeds} random starts "
+                 + ("agree" if a.abinitio_seeds_agree else "DISAGREE")
+                 + f" to {a.abinitio_worst_agreement_angstrom:.0f} Å)")
+        lines = [f"{head}; refined from {start} low-passed to {r.start_resolution_angstrom:.0f} Å "
                  f"in {r.rounds} rounds; median confidence {r.confidence_median:.2f}"]
         if r.median_error_deg is not None:
+            hand = f"hand {r.hand_vs_truth}" + ("" if a is None else " (no reference fixes it)")
             lines.append(f"orientations: median error {r.median_error_deg:.2f}°, 90th pct {r.p90_error_deg:.1f}° "
-                         f"(vs truth), hand as reference")
-        else:
+                         f"(vs truth), {hand}")
+        elif a is None:
             lines.append("orientations: in the reference's frame and hand (no true angles to compare with)")
+        else:
+            lines.append("orientations: in the initial map's frame and one of the two hands (no reference fixes "
+                         "them; no true angles to compare with)")
         vs_truth = (f", {r.resolution_vs_truth_angstrom:.1f} Å vs truth (FSC 0.5; true poses "
                     f"{r.truth_reference_resolution_angstrom:.1f} Å)" if r.resolution_vs_truth_angstrom else "")
         if r.resolution_angstrom is not None:

@@ -22,6 +22,8 @@ from .so3 import viewing_direction
 
 SECTIONS = [
     ("Simulation", "simulate", ["montage.png", "viewing_directions.png"]),
+    ("Initial map from the particles alone (ab initio)", "abinitio",
+     ["correlation_by_iteration.png", "seed_projections.png", "central_slices.png"]),
     ("Gold-standard refinement", "refine",
      ["fsc.png", "resolution_by_round.png", "angular_change.png", "confidence.png", "errors.png",
       "viewing_directions.png", "central_slices.png", "projections.png"]),

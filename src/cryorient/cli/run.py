@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..config import (
+    AbInitioConfig,
     AmbiguityConfig,
     LocalRefineConfig,
     ModelConfig,
@@ -34,12 +35,13 @@ from .simulate import config_from_args as simulation_from_args
 EXAMPLES = """examples:
   cryorient run --reference 1ake_adk_closed --outdir runs/run1          # simulate, train, recover
   cryorient run --particles data/particles.star --reference model.cif --outdir runs/real
+  cryorient run --particles data/particles.star --outdir runs/denovo     # initial map from the particles
   cryorient run --particles data/particles.star --model runs/run1/train/model.pt --outdir runs/x
   cryorient run --config runs/run1/config.yaml --outdir runs/run1_again # reproduce a run
 """
 RUN_KEYS = {"outdir", "overwrite", "quiet", "threads", "config", "func", "command", "device"}
 _T, _M, _R, _A, _C = TrainConfig(), ModelConfig(), RecoverConfig(), AmbiguityConfig(), ReconstructConfig()
-_F = RefineConfig()
+_F, _I = RefineConfig(), AbInitioConfig()
 
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -68,6 +70,11 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--round-minutes", type=parse_positive, default=_F.train_minutes,
                    help="the network's training budget per half in the first round (later rounds fine-tune "
                         f"for {_F.finetune_minutes:g} min)")
+    g = p.add_argument_group("initial map (--method refine without --reference)")
+    g.add_argument("--abinitio-seeds", type=int, default=_I.seeds,
+                   help="independent random starts; their maps must agree for the initial map to be trusted")
+    g.add_argument("--abinitio-iterations", type=int, default=_I.iterations,
+                   help="expectation-maximisation iterations per start (random batches of particles)")
     g = p.add_argument_group("distances (--method distances)")
     g.add_argument("--reference", default=None,
                    help="train the distance on this structure/map (cached); a run needs it or --model "
@@ -98,8 +105,10 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name, help="the whole pipeline: simulate/particles -> refine (or distances -> recover) -> reconstruct",
         description="Run every stage into one run directory: simulate (unless --particles); then "
-                    "--method refine (the default): gold-standard refinement from --reference low-passed "
-                    "to --initial-lowpass, half sets with their own maps, global search then local "
+                    "--method refine (the default): gold-standard refinement from --reference (without one: "
+                    "from an initial map made from the particles alone, by expectation-maximisation from "
+                    "--abinitio-seeds random starts) low-passed to --initial-lowpass, half sets with their own maps, "
+                    "global search then local "
                     "refinement, rounds driven by the half maps' FSC (--symmetry for point groups); or "
                     "--method distances (the original method): train the distance on --reference for "
                     "this stack (cached; or use --model), recover orientations, resolve the ambiguity, "
@@ -140,10 +149,13 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
-    if args.reference is None and (args.method == "refine" or args.model is None):
-        raise CryorientError("give --reference (a structure or map: a predicted model, a homolog, a low-resolution "
-                             "map)" + (" or --model model.pt" if args.method == "distances" else "")
-                             + "; ab initio without a reference is not available yet")
+    if args.reference is None and args.method == "distances" and args.model is None:
+        raise CryorientError("the distance method needs --reference (a structure or map to train on) or --model "
+                             "model.pt; without a reference, use --method refine (an initial map is made from the "
+                             "particles alone)")
+    if args.reference is None and args.symmetry != "C1":
+        raise CryorientError(f"--symmetry {args.symmetry} needs --reference in RELION's symmetry frame (the ab "
+                             "initio map is made in C1, in a frame of its own); give one, or refine in C1")
     density, simulation = simulation_from_args(args)
     model = ModelConfig(width=args.width, input_size=args.input_size)
     train = TrainConfig(max_epochs=args.max_epochs, minutes=args.minutes,
@@ -158,7 +170,8 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     if args.method == "distances" and refinement.symmetry != "C1":
         raise CryorientError("the distance method assumes C1 (distances between symmetry mates are not "
                              "defined); use --method refine for symmetric particles")
-    return PipelineConfig(method=args.method, refinement=refinement, particles=args.particles,
+    abinitio = AbInitioConfig(seeds=args.abinitio_seeds, iterations=args.abinitio_iterations)
+    return PipelineConfig(method=args.method, refinement=refinement, abinitio=abinitio, particles=args.particles,
                           particles_pixel_size=args.pixel_size if args.particles else None,
                           structure=args.structure, density=density,
                           simulation=simulation, reference=args.reference,

@@ -60,11 +60,13 @@ class FourierAccumulator:
         return FourierAccumulator(self.box, self.data + other.data, self.n_images + other.n_images)
 
     def insert(self, images: torch.Tensor, rotmats: torch.Tensor, origins_px: torch.Tensor | None = None,
-               ctf: CTFParams | None = None, pixel_size: float = 1.0) -> None:
+               ctf: CTFParams | None = None, pixel_size: float = 1.0, weights: torch.Tensor | None = None) -> None:
         """Add a batch of images ``(B, D, D)`` with orientations ``(B, 3, 3)`` (in place).
 
         ``origins_px (B, 2)`` are RELION origins in pixels (``rlnOriginX/YAngst / pixel size``):
         the images are translated by them to bring each particle to the centre first.
+        ``weights (B,)`` scale each image's contribution to the sums (an image inserted along
+        several poses with their posterior probabilities, as in expectation-maximisation).
         """
         box = self.box
         q = 2 * box + 1
@@ -86,6 +88,8 @@ class FourierAccumulator:
         i0 = c0.to(torch.int64)
         base = (i0[:, 2] * q + i0[:, 1]) * q + i0[:, 0]
         row = torch.stack([values.real * half, values.imag * half, weight], dim=-1)  # (B, n, 3)
+        if weights is not None:
+            row = row * weights.to(device, dtype)[:, None, None]
         fx, fy, fz = frac[:, 0, :, None], frac[:, 1, :, None], frac[:, 2, :, None]
         for dz, wz in ((0, 1 - fz), (1, fz)):
             for dy, wy in ((0, 1 - fy), (1, fy)):

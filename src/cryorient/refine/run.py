@@ -47,8 +47,9 @@ def write_refinement(result: RefineResult, stack: ParticleStack, outdir: Path) -
     figs = outdir / "figures"
     res = result.resolution
     label = f"{res.angstrom:.1f} Å @0.143" if result.signal else "no signal beyond the start"
-    plots.curves([("half maps", freqs, result.fsc_halves)], figs / "fsc.png", "spatial frequency (1/Å)",
-                 "FSC", title="Gold-standard FSC (independent half sets)", hlines=[(0.143, "0.143")],
+    plots.curves([("half maps", freqs, result.fsc_halves), ("map vs reference", freqs, result.fsc_reference)],
+                 figs / "fsc.png", "spatial frequency (1/Å)", "FSC",
+                 title="Gold-standard FSC (independent half sets)", hlines=[(0.143, "0.143"), (0.5, "0.5")],
                  vlines=[(res.frequency, label), (1 / result.start_resolution, "start resolution")])
     rounds = np.array([r.round for r in result.rounds])
     aligned = np.array([r.resolution_angstrom for r in result.rounds])
@@ -70,6 +71,7 @@ def write_refinement(result: RefineResult, stack: ParticleStack, outdir: Path) -
         "half_map_fsc_resolution_angstrom": round(res.angstrom, 3),
         "start_resolution_angstrom": result.start_resolution,
         "signal_beyond_start": result.signal,
+        "fsc_vs_reference_at_start": round(result.reference_agreement, 3),
         "confidence_median": float(np.median(conf)),
         "warnings": result.warnings(),
         "per_round": rows,
