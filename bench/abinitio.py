@@ -85,7 +85,8 @@ from cryorient.volumes import align_maps, fsc, resolution_at, rotate_volume, sof
 truth = load_reference("{truth}", 64, {px}); v = load_reference("{map}", 64, {px})
 al = align_maps(v, truth, {px}, resolution=20.0)
 c = fsc(rotate_volume(v, al.rotation, al.mirror, al.shift_px), truth, soft_sphere_mask(64))
-print(json.dumps({{"initial_vs_truth_A": round(resolution_at(c, 64, {px}, 0.5).angstrom, 2), "initial_mirrored": al.mirror}}))
+print(json.dumps({{"initial_vs_truth_A": round(resolution_at(c, 64, {px}, 0.5).angstrom, 2),
+                  "initial_mirrored": al.mirror}}))
 """
 
 
