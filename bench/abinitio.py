@@ -25,28 +25,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import starfile
-
 from common import print_table, run_isolated, write_results
-from refine import STRUCTURES, stack_for
+from refine import BLIND_STACK, STRUCTURES, relion_inputs, stack_for
 
 CRYORIENT = """
 import json, time, torch
-from dataclasses import replace
 from cryorient.abinitio.em import ab_initio
 from cryorient.config import AbInitioConfig, RefineConfig
 from cryorient.density import load_reference
-from cryorient.evaluation import evaluate_poses, truth_of
-from cryorient.particles import ImageStack, read_particles
+from cryorient.evaluation import evaluate_poses
 from cryorient.refine.loop import refine
 from cryorient.volumes import align_maps, fsc, resolution_at, rotate_volume, soft_sphere_mask
-full = read_particles("{star}"); truth = truth_of(full)
-blind = full.blind().with_half_sets(torch.Generator().manual_seed(0))
-if {noise}:
-    g = torch.Generator().manual_seed(7)
-    blind = replace(blind, images=ImageStack.from_array(torch.randn(blind.n, 64, 64, generator=g)
-                                                        * float(blind.images.read(slice(0, 500)).std())))
-px, box = blind.pixel_size, blind.box
+{blind_stack}px, box = blind.pixel_size, blind.box
 truth_map = load_reference("{truth}", box, px)
 def vs_truth(v):
     al = align_maps(v, truth_map, px, resolution=20.0)
@@ -96,14 +86,7 @@ def relion_case(tmp: Path, name: str, n: int) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
     px = STRUCTURES[name]["px"]
-    subprocess.run(["relion_preprocess", "--operate_on", str(sim / "particles.mrcs"), "--operate_out",
-                    str(work / "norm.mrcs"), "--norm", "--bg_radius", str(int(0.9 * 32))], cwd=work, check=True,
-                   capture_output=True)
-    blocks = starfile.read(sim / "particles.star", always_dict=True)
-    table = blocks["particles"].drop(columns=[c for c in blocks["particles"].columns
-                                              if c.startswith(("rlnAngle", "rlnOrigin"))])
-    table["rlnImageName"] = [f"{k + 1:06d}@norm.mrcs" for k in range(len(table))]
-    starfile.write({"optics": blocks["optics"], "particles": table}, work / "norm.star")
+    relion_inputs(sim, work)
     t, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     args = ["relion_refine", "--o", "out/run", "--i", "norm.star", "--particle_diameter", str(int(0.9 * 64 * px)),
             *RELION_SGD]
@@ -120,8 +103,8 @@ def relion_case(tmp: Path, name: str, n: int) -> dict:
 def cryorient_case(tmp: Path, name: str, n: int, seeds: int, seed: int) -> dict:
     noise = name == "noise"
     sim = stack_for(tmp, "3kpr_single" if noise else name, n)
-    r = run_isolated(CRYORIENT.format(star=sim / "particles.star", truth=sim / "volume.mrc", noise=noise, seeds=seeds,
-                                      seed=seed))
+    blind = BLIND_STACK.format(star=sim / "particles.star", noise=noise)
+    r = run_isolated(CRYORIENT.format(blind_stack=blind, truth=sim / "volume.mrc", noise=noise, seeds=seeds, seed=seed))
     return {"structure": name, "method": "cryorient (EM from random starts, then the loop)", **r}
 
 

@@ -121,6 +121,20 @@ write_mrc(out, vol, {px})
 print(json.dumps({{}}))
 """
 
+# the stack without its pose columns, half sets drawn; with noise: pure-noise images of the
+# particles' standard deviation in their place (the truth stays for the judge)
+BLIND_STACK = """
+from dataclasses import replace
+from cryorient.evaluation import truth_of
+from cryorient.particles import ImageStack, read_particles
+full = read_particles("{star}"); truth = truth_of(full)
+blind = full.blind().with_half_sets(torch.Generator().manual_seed(0))
+if {noise}:
+    g = torch.Generator().manual_seed(7)
+    blind = replace(blind, images=ImageStack.from_array(torch.randn(blind.n, 64, 64, generator=g)
+                                                        * float(blind.images.read(slice(0, 500)).std())))
+"""
+
 CRYORIENT = """
 import json, math, time, torch
 from dataclasses import replace
@@ -134,13 +148,7 @@ from cryorient.particles import ImageStack, read_particles
 from cryorient.reconstruct.run import reconstruct
 from cryorient.refine.loop import refine
 from cryorient.volumes import fsc, lowpass_to_resolution, resolution_at, shell_frequencies, soft_sphere_mask
-full = read_particles("{star}"); truth = truth_of(full)
-blind = full.blind().with_half_sets(torch.Generator().manual_seed(0))
-if {noise}:
-    g = torch.Generator().manual_seed(7)
-    blind = replace(blind, images=ImageStack.from_array(torch.randn(blind.n, 64, 64, generator=g)
-                                                        * float(blind.images.read(slice(0, 500)).std())))
-px = blind.pixel_size
+{blind_stack}px = blind.pixel_size
 reference = load_reference("{reference}", 64, px)
 cfg = RefineConfig(initial_lowpass={lowpass}, poses="{poses}", symmetry="{symmetry}", relax_symmetry={relax})
 from cryorient.symmetry import nearest_mates, point_group
@@ -216,7 +224,8 @@ def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry
     lowpass = 60.0 if kind == "lowpass60" else 40.0
     work = tmp / f"work_{name}_{kind}_{poses}"
     shutil.rmtree(work, ignore_errors=True)
-    r = run_isolated(CRYORIENT.format(star=sim / "particles.star", reference=ref, truth=sim / "volume.mrc",
+    blind = BLIND_STACK.format(star=sim / "particles.star", noise=kind == "noise")
+    r = run_isolated(CRYORIENT.format(blind_stack=blind, reference=ref, truth=sim / "volume.mrc",
                                       lowpass=lowpass, poses=poses, work=work, noise=kind == "noise",
                                       symmetry=symmetry, relax=relax))
     label = f"cryorient ({poses}" + (f", {symmetry}" if symmetry != "C1" else "") + (", relaxed" if relax else "")
@@ -257,6 +266,20 @@ def judge_relion(sim: Path, data_star: Path, model_star: Path, symmetry: str) ->
     return run_isolated(RELION_JUDGE.format(sim=sim, data_star=data_star, model_star=model_star, symmetry=symmetry))
 
 
+def relion_inputs(sim: Path, work: Path) -> None:
+    """``work/norm.star`` + ``norm.mrcs``: the stack normalised as RELION's Extract job does (zero
+    mean, unit variance in the background ring; RELION 3.1's relion_preprocess does it on stacks
+    only), in a STAR without the truth's pose columns."""
+    subprocess.run(["relion_preprocess", "--operate_on", str(sim / "particles.mrcs"), "--operate_out",
+                    str(work / "norm.mrcs"), "--norm", "--bg_radius", str(int(0.9 * 32))], cwd=work, check=True,
+                   capture_output=True)
+    blocks = starfile.read(sim / "particles.star", always_dict=True)
+    table = blocks["particles"].drop(columns=[c for c in blocks["particles"].columns
+                                              if c.startswith(("rlnAngle", "rlnOrigin"))])
+    table["rlnImageName"] = [f"{k + 1:06d}@norm.mrcs" for k in range(len(table))]
+    starfile.write({"optics": blocks["optics"], "particles": table}, work / "norm.star")
+
+
 def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str = "C1") -> dict:
     """relion_refine_mpi auto-refine from the same low-passed reference on the same stack."""
     sim = stack_for(tmp, name, n)
@@ -266,16 +289,7 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str
     work.mkdir()
     px = STRUCTURES[name]["px"]
     diameter = int(0.9 * 64 * px)
-    # extraction-style normalisation (zero mean, unit variance in the background ring; RELION 3.1's
-    # relion_preprocess does it on stacks only), and a STAR without the truth's pose columns
-    subprocess.run(["relion_preprocess", "--operate_on", str(sim / "particles.mrcs"), "--operate_out",
-                    str(work / "norm.mrcs"), "--norm", "--bg_radius", str(int(0.9 * 32))], cwd=work, check=True,
-                   capture_output=True)
-    blocks = starfile.read(sim / "particles.star", always_dict=True)
-    table = blocks["particles"].drop(columns=[c for c in blocks["particles"].columns
-                                              if c.startswith(("rlnAngle", "rlnOrigin"))])
-    table["rlnImageName"] = [f"{k + 1:06d}@norm.mrcs" for k in range(len(table))]
-    starfile.write({"optics": blocks["optics"], "particles": table}, work / "norm.star")
+    relion_inputs(sim, work)
     (work / "out").mkdir()
     t, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     args = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--o", "out/run",

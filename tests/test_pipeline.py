@@ -34,24 +34,26 @@ REFINE = [*SMALL, "--n-particles", "400", "--snr", "1", "--max-shift-px", "1.5",
           "1ake_adk_closed", "--initial-lowpass", "25", "--max-rounds", "3"]
 
 
-@pytest.fixture(scope="module")
-def refine_run(tmp_path_factory, monkeypatch_module):
-    out = tmp_path_factory.mktemp("refine") / "run"
-    code, stdout, err = run_cli("run", *REFINE, "--outdir", out, "--quiet")
-    assert code == 0, err
-    return out, stdout
-
-
 DENOVO = [*SMALL, "--n-particles", "300", "--snr", "1", "--max-shift-px", "1.5", "--ctf", "--initial-lowpass", "25",
           "--max-rounds", "2", "--abinitio-seeds", "2", "--abinitio-iterations", "12"]
 
 
-@pytest.fixture(scope="module")
-def denovo_run(tmp_path_factory, monkeypatch_module):
-    out = tmp_path_factory.mktemp("denovo") / "run"
-    code, stdout, err = run_cli("run", *DENOVO, "--outdir", out, "--quiet")
+def _run(tmp_path_factory, name: str, args: list) -> tuple:
+    out = tmp_path_factory.mktemp(name) / "run"
+    code, stdout, err = run_cli("run", *args, "--outdir", out, "--quiet")
     assert code == 0, err
     return out, stdout
+
+
+@pytest.fixture(scope="module")
+def refine_run(tmp_path_factory, monkeypatch_module):
+    return _run(tmp_path_factory, "refine", REFINE)
+
+
+@pytest.fixture(scope="module")
+def denovo_run(tmp_path_factory, monkeypatch_module):
+    """No reference: an initial map first."""
+    return _run(tmp_path_factory, "denovo", DENOVO)
 
 
 @pytest.fixture(scope="module")
