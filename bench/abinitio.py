@@ -35,12 +35,11 @@ from cryorient.config import AbInitioConfig, RefineConfig
 from cryorient.density import load_reference
 from cryorient.evaluation import evaluate_poses
 from cryorient.refine.loop import refine
-from cryorient.volumes import align_maps, fsc, resolution_at, rotate_volume, soft_sphere_mask
+from cryorient.volumes import aligned_fsc, resolution_at
 {blind_stack}px, box = blind.pixel_size, blind.box
 truth_map = load_reference("{truth}", box, px)
 def vs_truth(v):
-    al = align_maps(v, truth_map, px, resolution=20.0)
-    c = fsc(rotate_volume(v, al.rotation, al.mirror, al.shift_px), truth_map, soft_sphere_mask(box))
+    c, al = aligned_fsc(v, truth_map, px, resolution=20.0)
     return round(resolution_at(c, box, px, 0.5).angstrom, 2), al.mirror
 t = time.perf_counter()
 init = ab_initio(blind, AbInitioConfig(seeds={seeds}), seed={seed})
@@ -71,10 +70,9 @@ RELION_SGD = ["--denovo_3dref", "--sgd", "--sgd_ini_iter", "50", "--sgd_inbetwee
 RELION_JUDGE = """
 import json
 from cryorient.density import load_reference
-from cryorient.volumes import align_maps, fsc, resolution_at, rotate_volume, soft_sphere_mask
+from cryorient.volumes import aligned_fsc, resolution_at
 truth = load_reference("{truth}", 64, {px}); v = load_reference("{map}", 64, {px})
-al = align_maps(v, truth, {px}, resolution=20.0)
-c = fsc(rotate_volume(v, al.rotation, al.mirror, al.shift_px), truth, soft_sphere_mask(64))
+c, al = aligned_fsc(v, truth, {px}, resolution=20.0)
 print(json.dumps({{"initial_vs_truth_A": round(resolution_at(c, 64, {px}, 0.5).angstrom, 2),
                   "initial_mirrored": al.mirror}}))
 """

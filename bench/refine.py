@@ -137,17 +137,15 @@ if {noise}:
 
 CRYORIENT = """
 import json, math, time, torch
-from dataclasses import replace
 from pathlib import Path
 from cryorient.config import RefineConfig, ReconstructConfig
 from cryorient.density import load_reference
 from cryorient.distance.data import imaging_from_stack
 from cryorient.distance.proposer import NetworkProposer
-from cryorient.evaluation import evaluate_poses, truth_of
-from cryorient.particles import ImageStack, read_particles
+from cryorient.evaluation import evaluate_poses
 from cryorient.reconstruct.run import reconstruct
 from cryorient.refine.loop import refine
-from cryorient.volumes import fsc, lowpass_to_resolution, resolution_at, shell_frequencies, soft_sphere_mask
+from cryorient.volumes import lowpass_to_resolution, shell_frequencies
 {blind_stack}px = blind.pixel_size
 reference = load_reference("{reference}", 64, px)
 cfg = RefineConfig(initial_lowpass={lowpass}, poses="{poses}", symmetry="{symmetry}", relax_symmetry={relax})
@@ -165,15 +163,12 @@ def judge(r, rot):
 result = refine(blind, reference, cfg, proposer, on_round=judge if not {noise} else None)
 seconds = time.perf_counter() - t
 truth_map = load_reference("{truth}", 64, px)
-mask = soft_sphere_mask(64)
-freqs = shell_frequencies(64, px)
-vs_ref_curve = fsc(result.map, reference, mask)
-vs_ref = vs_ref_curve[freqs > 1.0 / cfg.initial_lowpass]
-within = vs_ref_curve[(freqs > 0) & (freqs <= 1.0 / cfg.initial_lowpass)]
+vs_ref_curve = result.fsc_reference  # FSC(map, reference), masked
+vs_ref = vs_ref_curve[shell_frequencies(64, px) > 1.0 / cfg.initial_lowpass]
 out = {{"seconds": round(seconds), "rounds": len(result.rounds), "signal": result.signal,
         "resolution_A": round(result.resolution.angstrom, 2) if result.signal else None,
         "fsc_vs_reference_beyond_start": round(float(vs_ref.max()), 3),
-        "fsc_vs_reference_within_start": round(float(within.min()), 3),
+        "fsc_vs_reference_within_start": round(result.reference_agreement, 3),
         "fsc_vs_reference_shells": [round(float(x), 3) for x in vs_ref_curve[1:13]], "per_round_deg": per_round,
         "proposals": result.rounds[-1].proposals}}
 if not {noise}:

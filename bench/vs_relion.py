@@ -76,14 +76,12 @@ ALIGNED_FSC = """
 import json, torch
 from cryorient.density import load_reference
 from cryorient.io import read_mrc
-from cryorient.volumes import align_maps, fsc, resolution_at, rotate_volume, soft_sphere_mask
+from cryorient.volumes import aligned_fsc, resolution_at
 a, px = read_mrc("{map}")
 vol = torch.from_numpy(a).float()
 box = a.shape[0]
 ref = load_reference("{truth}", box, px)
-al = align_maps(vol, ref, px)  # rotation and both hands searched, then the translation
-aligned = rotate_volume(vol, al.rotation, al.mirror, al.shift_px)
-curve = fsc(aligned, ref, soft_sphere_mask(box))
+curve, al = aligned_fsc(vol, ref, px)  # rotation and both hands searched, then the translation
 print(json.dumps({{"fsc05_A": round(resolution_at(curve, box, px, 0.5).angstrom, 2), "mirror": al.mirror,
                   "corr": round(al.score, 3)}}))
 """

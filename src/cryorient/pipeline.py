@@ -165,7 +165,7 @@ class AbInitioStageResult:
     initial_map: str  # its file name in the stage directory
     abinitio_seeds: int
     abinitio_seeds_agree: bool
-    abinitio_worst_agreement_angstrom: float  # the least similar pair of seeds' maps, FSC 0.5
+    abinitio_worst_agreement_angstrom: float | None  # the least similar pair of starts' maps, FSC 0.5
     abinitio_seconds: float
     warnings: list
     initial_map_vs_truth_angstrom: float | None = None  # FSC 0.5 after aligning rotation and hand
@@ -309,18 +309,15 @@ def _abinitio(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth_map: str
     """The initial map from the particles alone, its files, and (with a true map) how close it is."""
     from .abinitio.em import ab_initio
     from .abinitio.run import write_initial_map
-    from .volumes import align_maps, fsc, resolution_at, rotate_volume, soft_sphere_mask
+    from .volumes import aligned_fsc, resolution_at
 
     result = ab_initio(blind, cfg.abinitio, cfg.seed, device, progress=lambda msg: log.info("%s", msg))
     metrics = write_initial_map(result, d)
-    worst = max((a[2] for a in result.agreement_angstrom), default=math.nan)
-    out = AbInitioStageResult("initial_map.mrc", len(result.seeds), result.agree, worst, metrics["seconds"],
-                              result.warnings())
+    out = AbInitioStageResult("initial_map.mrc", len(result.seeds), result.agree, result.worst_agreement_angstrom,
+                              metrics["seconds"], result.warnings())
     if truth_map is not None:
         true_map = load_reference(truth_map, blind.box, blind.pixel_size)
-        al = align_maps(result.map, true_map, blind.pixel_size, resolution=20.0)
-        curve = fsc(rotate_volume(result.map, al.rotation, al.mirror, al.shift_px), true_map,
-                    soft_sphere_mask(blind.box))
+        curve, _ = aligned_fsc(result.map, true_map, blind.pixel_size, resolution=20.0)
         out = replace(out, initial_map_vs_truth_angstrom=round(
             resolution_at(curve, blind.box, blind.pixel_size, 0.5).angstrom, 2))
     return out
@@ -538,10 +535,13 @@ def three_line_summary(summary: RunSummary, outdir: Path) -> list[str]:
     if summary.refine is not None:
         r = summary.refine
         a = summary.abinitio
-        start = (summary.reference if a is None else
-                 f"an ab initio map ({a.abinitio_seeds} random starts "
-                 + ("agree" if a.abinitio_seeds_agree else "DISAGREE")
-                 + f" to {a.abinitio_worst_agreement_angstrom:.0f} Å)")
+        start = summary.reference
+        if a is not None and a.abinitio_worst_agreement_angstrom is None:
+            start = "an ab initio map (one random start: nothing to check it against)"
+        elif a is not None:
+            start = (f"an ab initio map ({a.abinitio_seeds} random starts "
+                     + ("agree" if a.abinitio_seeds_agree else "DISAGREE")
+                     + f" to {a.abinitio_worst_agreement_angstrom:.0f} Å)")
         lines = [f"{head}; refined from {start} low-passed to {r.start_resolution_angstrom:.0f} Å "
                  f"in {r.rounds} rounds; median confidence {r.confidence_median:.2f}"]
         if r.median_error_deg is not None:

@@ -228,3 +228,14 @@ def align_maps(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, res
     other = best_by_hand[not mirror][0] if allow_mirror else math.nan
     margin = (best - other) / abs(best) if allow_mirror else math.nan
     return MapAlignment(rot, mirror, shift, best, other, margin)
+
+
+def aligned_fsc(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, resolution: float = 20.0
+                ) -> tuple[np.ndarray, MapAlignment]:
+    """FSC (soft-sphere mask) of ``moving`` put onto ``fixed`` by :func:`align_maps` (rotation,
+    hand and translation searched at ``resolution``), and the alignment: how alike two maps
+    are whose frames and hands are unrelated (an ab initio map and the truth, two random
+    starts)."""
+    al = align_maps(moving, fixed, pixel_size, resolution)
+    moved = rotate_volume(moving, al.rotation, al.mirror, al.shift_px)
+    return fsc(moved, fixed, soft_sphere_mask(fixed.shape[-1])), al

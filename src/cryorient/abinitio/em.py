@@ -49,7 +49,7 @@ from ..imaging.search import band, reference_spectra, score_poses, shift_grid
 from ..particles import ParticleStack
 from ..so3 import grid as so3_grid
 from ..so3 import sample_rotations
-from ..volumes import align_maps, fsc, lowpass_to_resolution, resolution_at, rotate_volume, soft_sphere_mask
+from ..volumes import aligned_fsc, lowpass_to_resolution, resolution_at, soft_sphere_mask
 
 log = logging.getLogger(__name__)
 AGREEMENT_RESOLUTION = 25.0  # Å: initial maps from different seeds must agree (FSC >= 0.5) to here
@@ -76,17 +76,45 @@ class AbInitioResult:
     seconds: float
 
     @property
+    def worst_agreement_angstrom(self) -> float | None:
+        """The least similar pair of starts' maps (FSC 0.5, Å); None with a single start."""
+        return max((r for _, _, r in self.agreement_angstrom), default=None)
+
+    @property
     def agree(self) -> bool:
         """Every pair of seeds' maps agrees at FSC 0.5 to ``AGREEMENT_RESOLUTION`` or finer."""
-        return all(r <= AGREEMENT_RESOLUTION for _, _, r in self.agreement_angstrom)
+        worst = self.worst_agreement_angstrom
+        return worst is None or worst <= AGREEMENT_RESOLUTION
 
     def warnings(self) -> list[str]:
-        if len(self.seeds) > 1 and not self.agree:
-            worst = max(r for _, _, r in self.agreement_angstrom)
+        if not self.agree:
             return [f"the initial maps from {len(self.seeds)} random starts disagree (the worst pair agrees only "
-                    f"to {worst:.0f} Å at FSC 0.5, where {AGREEMENT_RESOLUTION:.0f} Å is needed): the particles did "
-                    "not decide the structure; do not trust the initial map or what is refined from it"]
+                    f"to {self.worst_agreement_angstrom:.0f} Å at FSC 0.5, where {AGREEMENT_RESOLUTION:.0f} Å is "
+                    "needed): the particles did not decide the structure; do not trust the initial map or what is "
+                    "refined from it"]
         return []
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What every expectation step scores against: the soft-sphere mask of the map, the
+    orientation grid and the translations, at the working size."""
+
+    mask: torch.Tensor
+    grid: torch.Tensor
+    shifts: torch.Tensor
+
+    @classmethod
+    def make(cls, size: int, cfg: AbInitioConfig, device) -> _Search:
+        return cls(soft_sphere_mask(size, radius_px=cfg.mask_fraction * size / 2, edge_px=2).to(device),
+                   so3_grid(cfg.grid_step_deg).to(device), shift_grid(cfg.max_shift_fraction * size).to(device))
+
+    def spectra(self, vol: torch.Tensor, px_s: float, resolution: float):
+        """Band coefficients of the masked map's projections on the grid, the band and its weights."""
+        cutoff = min(0.5, px_s / resolution)
+        prepared = prepare_volume(lowpass_to_resolution(vol, px_s, resolution) * self.mask)
+        m, w = band(vol.shape[-1], cutoff, vol.device)
+        return reference_spectra(prepared, self.grid, m), m, w
 
 
 def working_size(box: int, pixel_size: float, resolution: float, minimum: int = 24) -> int:
@@ -106,19 +134,18 @@ def ab_initio(stack: ParticleStack, cfg: AbInitioConfig, seed: int = 0, device=N
     images = (images / images.std()).to(device)
     ctf = stack.ctf()
     common = torch.randperm(stack.n, generator=torch.Generator().manual_seed(seed))[:min(stack.n, 500)]
+    search = _Search.make(s, cfg, device)
     runs = []
     for k in range(cfg.seeds):
         g = torch.Generator().manual_seed(seed + 1000 * k)
-        vol, history = _one_run(images, ctf, px_s, cfg, g, device, progress, k)
+        vol, history = _one_run(images, ctf, px_s, cfg, search, g, device, progress, k)
         score = _mean_best_score(images[common.to(images.device)], subset(ctf, common.numpy()), px_s, vol, cfg,
-                                 device)
+                                 search)
         runs.append(SeedRun(seed + 1000 * k, vol.cpu(), score, history))
         log.info("ab initio seed %d: mean best correlation %.4f", k, score)
     agreement = []
     for a, b in itertools.combinations(range(len(runs)), 2):
-        al = align_maps(runs[a].map, runs[b].map, px_s, resolution=AGREEMENT_RESOLUTION)
-        moved = rotate_volume(runs[a].map, al.rotation, al.mirror, al.shift_px)
-        curve = fsc(moved, runs[b].map, soft_sphere_mask(s))
+        curve, _ = aligned_fsc(runs[a].map, runs[b].map, px_s, resolution=AGREEMENT_RESOLUTION)
         agreement.append((a, b, round(resolution_at(curve, s, px_s, 0.5).angstrom, 2)))
     chosen = int(np.argmax([r.mean_score for r in runs]))
     full = fourier_resize_volume(runs[chosen].map, box) if s != box else runs[chosen].map
@@ -127,19 +154,10 @@ def ab_initio(stack: ParticleStack, cfg: AbInitioConfig, seed: int = 0, device=N
                           time.perf_counter() - t0)
 
 
-def _posed_spectra(vol: torch.Tensor, px_s: float, resolution: float, mask3d: torch.Tensor, grid: torch.Tensor):
-    cutoff = min(0.5, px_s / resolution)
-    prepared = prepare_volume(lowpass_to_resolution(vol, px_s, resolution) * mask3d)
-    m, w = band(vol.shape[-1], cutoff, vol.device)
-    return reference_spectra(prepared, grid, m), m, w
-
-
-def _one_run(images: torch.Tensor, ctf, px_s: float, cfg: AbInitioConfig, g: torch.Generator, device,
-             progress, k: int) -> tuple[torch.Tensor, list]:
+def _one_run(images: torch.Tensor, ctf, px_s: float, cfg: AbInitioConfig, search: _Search, g: torch.Generator,
+             device, progress, k: int) -> tuple[torch.Tensor, list]:
     n, s = images.shape[0], images.shape[-1]
-    mask3d = soft_sphere_mask(s, radius_px=cfg.mask_fraction * s / 2, edge_px=2).to(device)
-    grid = so3_grid(cfg.grid_step_deg).to(device)
-    shifts = shift_grid(cfg.max_shift_fraction * s).to(device)
+    grid, shifts = search.grid, search.shifts
     # the start: a random subset along random orientations
     first = torch.randperm(n, generator=g)[:min(n, cfg.batch_start)]
     acc = FourierAccumulator.empty(s, device=device)
@@ -150,7 +168,7 @@ def _one_run(images: torch.Tensor, ctf, px_s: float, cfg: AbInitioConfig, g: tor
     ramp = max(1, round(0.7 * cfg.iterations))
     for it in range(cfg.iterations):
         res = cfg.start_resolution + (cfg.final_resolution - cfg.start_resolution) * min(1.0, it / ramp)
-        refs, m, w = _posed_spectra(vol, px_s, res, mask3d, grid)
+        refs, m, w = search.spectra(vol, px_s, res)
         size = cfg.batch_start if it < cfg.iterations // 2 else cfg.batch_end
         idx = torch.randperm(n, generator=g)[:min(n, size)]
         batch, batch_ctf = images[idx.to(images.device)], subset(ctf, idx.numpy())
@@ -179,15 +197,11 @@ def _one_run(images: torch.Tensor, ctf, px_s: float, cfg: AbInitioConfig, g: tor
 
 
 def _mean_best_score(images: torch.Tensor, ctf, px_s: float, vol: torch.Tensor, cfg: AbInitioConfig,
-                     device) -> float:
-    s = vol.shape[-1]
-    mask3d = soft_sphere_mask(s, radius_px=cfg.mask_fraction * s / 2, edge_px=2).to(device)
-    grid = so3_grid(cfg.grid_step_deg).to(device)
-    refs, m, w = _posed_spectra(vol.to(device), px_s, cfg.final_resolution, mask3d, grid)
-    shifts = shift_grid(cfg.max_shift_fraction * s).to(device)
+                     search: _Search) -> float:
+    refs, m, w = search.spectra(vol.to(search.grid.device), px_s, cfg.final_resolution)
     best = []
     for lo in range(0, images.shape[0], 128):
         sl = slice(lo, lo + 128)
-        sc = score_poses(images[sl], subset(ctf, np.arange(images.shape[0])[sl]), px_s, refs, shifts, m, w)
+        sc = score_poses(images[sl], subset(ctf, sl), px_s, refs, search.shifts, m, w)
         best.append(sc.reshape(sc.shape[0], -1).max(dim=1).values)
     return float(torch.cat(best).mean())
