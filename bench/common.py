@@ -29,10 +29,12 @@ def machine() -> dict:
 
 def run_isolated(code: str, timeout: float | None = None) -> dict:
     """Run Python ``code`` in a fresh interpreter; it must print one JSON object on its last
-    line. Adds ``peak_rss_gib`` (the child's maximum resident set size)."""
+    line. Adds ``peak_rss_gib`` (the child's maximum resident set size) and ``cpu_seconds`` (its
+    CPU time over all threads)."""
     wrapper = code + (
         "\nimport resource as _r, json as _j, sys as _s\n"
-        "_s.stdout.write('\\n' + _j.dumps({'__rss_kib': _r.getrusage(_r.RUSAGE_SELF).ru_maxrss}))\n"
+        "_u = _r.getrusage(_r.RUSAGE_SELF)\n"
+        "_s.stdout.write('\\n' + _j.dumps({'__rss_kib': _u.ru_maxrss, '__cpu_s': _u.ru_utime + _u.ru_stime}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
                           timeout=timeout)
@@ -40,7 +42,9 @@ def run_isolated(code: str, timeout: float | None = None) -> dict:
         raise RuntimeError(f"benchmark case failed:\n{proc.stderr[-2000:]}")
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
     result = json.loads(lines[-2])
-    result["peak_rss_gib"] = round(json.loads(lines[-1])["__rss_kib"] / 2**20, 3)
+    usage = json.loads(lines[-1])
+    result["peak_rss_gib"] = round(usage["__rss_kib"] / 2**20, 3)
+    result["cpu_seconds"] = round(usage["__cpu_s"])  # all threads: comparable when the cores were shared
     return result
 
 

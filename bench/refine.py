@@ -4,6 +4,8 @@ auto-refine on the same stacks from the same low-passed references.
     python bench/refine.py --only 3kpr_single:exact 3kpr_single:moved15 3kpr_single:noise
     python bench/refine.py --only 3kpr_single:exact --relion        # + relion_refine_mpi, same stack
     python bench/refine.py --scaling                                # network vs search, N = 2k/20k/100k
+    python bench/refine.py --start particles --only 3kpr_single:lowpass60 ...  # round 0 from the ab initio map
+    python bench/refine.py --box 32 --only 3kpr_single:exact --relion  # both on the stack binned by 2
 
 Stacks: SNR 1/16, CTF (defocus 1-2.5 µm), shifts up to 4 px, box 64, N=5000 (``--n``).
 Structures: 3kpr_single (~100 kDa, 2.5 Å/px), 3kpr chains A,B (~45 kDa, 2.0 Å/px),
@@ -17,6 +19,13 @@ the true map at FSC 0.5 beside the true-orientation map, and FSC(map, reference)
 start resolution for the controls. RELION: ``relion_preprocess --norm`` extraction-style
 normalisation, then ``relion_refine_mpi --auto_refine --split_random_halves`` (3 MPI ranks,
 1 thread each) from the same low-passed reference; its poses judged the same way.
+
+``--start particles``: as ``cryorient run``'s default in C1, round 0 starts from the ab initio
+map (made once per stack, its time counted in every case that uses it) put in the reference's
+frame and hand. ``--box 32``: the same simulated particles Fourier-cropped to 32 px (twice the
+pixel size, shifts the same in Å), references and truth likewise, for both tools; RELION then
+starts local searches at 7.5° (``--auto_local_healpix_order 3``; 4 at box 64), or its 3.75°
+global search runs an hour per iteration on two cores.
 """
 
 from __future__ import annotations
@@ -69,6 +78,13 @@ def structure_path(tmp: Path, name: str) -> str:
     if not out.is_file():
         run_isolated(BUILD.format(kind=kind, arg=arg, out=out))
     return str(out)
+BOX = 64  # --box 32: both tools on the same particles binned by 2 (Fourier crop), for RELION to finish
+
+
+def _box_tag() -> str:
+    return "" if BOX == 64 else f"_b{BOX}"
+
+
 REFERENCES = ["exact", "moved15", "moved30", "lowpass20", "lowpass60", "missing", "extra", "noise", "other"]
 
 SIMULATE = """
@@ -80,6 +96,21 @@ out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
 r = run_simulation("{structure}", DensityConfig(box=64, pixel_size={px}, chains={chains}),
                    SimulationConfig(n_particles={n}, snr=1/16, max_shift_px=4.0, ctf=True), out,
                    torch.Generator().manual_seed(11))
+if {box} != 64:  # the same particles binned: Fourier-cropped images, twice the pixel size
+    import mrcfile
+    from cryorient.fourier import fourier_resize, fourier_resize_volume
+    from cryorient.io import read_mrc, write_mrc
+    from cryorient.particles import read_particles, write_particles
+    full = read_particles(out / "particles.star")
+    px = full.pixel_size * 64 / {box}
+    mrcfile.new(out / "particles.mrcs", fourier_resize(full.images.read(), {box}).numpy(), overwrite=True
+                ).voxel_size = px
+    optics = full.optics.copy(); optics["rlnImagePixelSize"] = px; optics["rlnImageSize"] = {box}
+    binned = read_particles(out / "particles.star")  # same file names, new images
+    from dataclasses import replace
+    write_particles(replace(binned, optics=optics, pixel_size=px), out / "particles.star")
+    vol, _ = read_mrc(out / "volume.mrc")
+    write_mrc(out / "volume.mrc", fourier_resize_volume(torch.as_tensor(vol), {box}), px)
 print(json.dumps({{"snr": r.truth.measured_snr}}))
 """
 
@@ -117,7 +148,10 @@ else:
         zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
         blob = torch.exp(-((xx - 14) ** 2 + (yy - 4) ** 2 + zz ** 2) / (2 * 3.0 ** 2))
         vol = vol + blob * (0.05 * float(vol.clamp_min(0).sum()) / float(blob.sum()))
-write_mrc(out, vol, {px})
+if {box} != 64:
+    from cryorient.fourier import fourier_resize_volume
+    vol = fourier_resize_volume(vol, {box})
+write_mrc(out, vol, {px} * 64 / {box})
 print(json.dumps({{}}))
 """
 
@@ -131,7 +165,7 @@ full = read_particles("{star}"); truth = truth_of(full)
 blind = full.blind().with_half_sets(torch.Generator().manual_seed(0))
 if {noise}:
     g = torch.Generator().manual_seed(7)
-    blind = replace(blind, images=ImageStack.from_array(torch.randn(blind.n, 64, 64, generator=g)
+    blind = replace(blind, images=ImageStack.from_array(torch.randn(blind.n, blind.box, blind.box, generator=g)
                                                         * float(blind.images.read(slice(0, 500)).std())))
 """
 
@@ -147,26 +181,43 @@ from cryorient.reconstruct.run import reconstruct
 from cryorient.refine.loop import refine
 from cryorient.volumes import lowpass_to_resolution, shell_frequencies
 {blind_stack}px = blind.pixel_size
-reference = load_reference("{reference}", 64, px)
+reference = load_reference("{reference}", blind.box, px)
 cfg = RefineConfig(initial_lowpass={lowpass}, poses="{poses}", symmetry="{symmetry}", relax_symmetry={relax})
 from cryorient.symmetry import nearest_mates, point_group
 judge_group = point_group("C1" if cfg.relax_symmetry else cfg.symmetry)
 t = time.perf_counter()
+start, extra = None, {{}}
+if "{start}" == "particles":  # as the pipeline's --start particles: ab initio (once per stack), placed
+    from cryorient.abinitio.em import ab_initio
+    from cryorient.config import AbInitioConfig
+    from cryorient.io import read_mrc, write_mrc
+    from cryorient.refine.loop import place_in_reference_frame
+    cached = Path("{initial}")
+    if not cached.is_file():
+        a = ab_initio(blind, AbInitioConfig(), 0)
+        write_mrc(cached, a.map, px)
+        cached.with_suffix(".json").write_text(json.dumps({{"seconds": round(a.seconds), "agree": a.agree}}))
+    extra = json.loads(cached.with_suffix(".json").read_text())
+    start, placed = place_in_reference_frame(torch.as_tensor(read_mrc(cached)[0]), reference, px)
+    extra = {{"abinitio_seconds": extra["seconds"], "abinitio_seeds_agree": extra["agree"],
+              "hand_margin": round(placed.hand_margin, 4)}}
 proposer = None
 if cfg.poses == "network":
-    start = lowpass_to_resolution(reference, px, cfg.initial_lowpass)
-    proposer = NetworkProposer(imaging_from_stack(blind, start, cfg.initial_lowpass), Path("{work}"))
+    first = lowpass_to_resolution(reference if start is None else start, px, cfg.initial_lowpass)
+    proposer = NetworkProposer(imaging_from_stack(blind, first, cfg.initial_lowpass), Path("{work}"))
 per_round = []
 def judge(r, rot):
     per_round.append(round(evaluate_poses(nearest_mates(rot, truth.rotations, judge_group), None, truth,
                                           px).median_deg, 2))
-result = refine(blind, reference, cfg, proposer, on_round=judge if not {noise} else None)
-seconds = time.perf_counter() - t
-truth_map = load_reference("{truth}", 64, px)
+result = refine(blind, reference, cfg, proposer, on_round=judge if not {noise} else None, start=start)
+seconds = time.perf_counter() - t + extra.get("abinitio_seconds", 0)  # a cached ab initio counts too
+truth_map = load_reference("{truth}", blind.box, px)
 vs_ref_curve = result.fsc_reference  # FSC(map, reference), masked
-vs_ref = vs_ref_curve[shell_frequencies(64, px) > 1.0 / cfg.initial_lowpass]
-out = {{"seconds": round(seconds), "rounds": len(result.rounds), "signal": result.signal,
-        "resolution_A": round(result.resolution.angstrom, 2) if result.signal else None,
+vs_ref = vs_ref_curve[shell_frequencies(blind.box, px) > 1.0 / cfg.initial_lowpass]
+out = {{"seconds": round(seconds), "rounds": len(result.rounds), "signal": result.signal, **extra,
+        "matches_reference": result.matches_reference,
+        "resolution_A": round(result.resolution.angstrom, 2) if result.reportable else None,
+        "half_maps_A": round(result.resolution.angstrom, 2),
         "fsc_vs_reference_beyond_start": round(float(vs_ref.max()), 3),
         "fsc_vs_reference_within_start": round(result.reference_agreement, 3),
         "fsc_vs_reference_shells": [round(float(x), 3) for x in vs_ref_curve[1:13]], "per_round_deg": per_round,
@@ -175,11 +226,12 @@ if not {noise}:
     ev = evaluate_poses(nearest_mates(result.rotations, truth.rotations, judge_group), result.origins_angstrom,
                         truth, px)
     one = ReconstructConfig(halves=False, symmetry=judge_group.name)
-    aligned = blind.with_orientations(ev.evaluation.aligned.float(), result.origins_angstrom)
+    aligned = ev.in_truth_frame(blind, result.origins_angstrom)  # the map's global offset removed
     mine = reconstruct(aligned, aligned.rotations(), one, truth_map)
     ideal = reconstruct(blind.with_orientations(truth.rotations, truth.origins_angstrom), truth.rotations, one,
                         truth_map)
     out.update(median_deg=round(ev.median_deg, 2), hand=ev.metrics()["hand"],
+               map_offset_A=round(ev.map_offset_angstrom, 2),
                vs_truth_A=round(mine.resolution_reference.angstrom, 2),
                true_poses_vs_truth_A=round(ideal.resolution_reference.angstrom, 2))
 print(json.dumps(out))
@@ -188,42 +240,46 @@ print(json.dumps(out))
 
 def stack_for(tmp: Path, name: str, n: int) -> Path:
     s = STRUCTURES[name]
-    sim = tmp / f"{name}_n{n}"
+    sim = tmp / f"{name}_n{n}{_box_tag()}"
     if not (sim / "particles.star").is_file():
         run_isolated(SIMULATE.format(out=sim, structure=structure_path(tmp, name), px=s["px"], chains=s["chains"],
-                                     n=n))
+                                     n=n, box=BOX))
     return sim
 
 
 def reference_for(tmp: Path, name: str, kind: str) -> Path:
     s = STRUCTURES[name]
-    out = tmp / f"{name}_ref_{kind}.mrc"
+    out = tmp / f"{name}_ref_{kind}{_box_tag()}.mrc"
     if kind in ("noise", "other"):
         kind = "exact"
-        out = tmp / f"{name}_ref_exact.mrc"
+        out = tmp / f"{name}_ref_exact{_box_tag()}.mrc"
     if not out.is_file():
         run_isolated(MAKE_REFERENCE.format(kind=kind, out=out, structure=structure_path(tmp, name), px=s["px"],
-                                           chains=s["chains"], moving=s["moving"], missing=s["missing"]))
+                                           chains=s["chains"], moving=s["moving"], missing=s["missing"],
+                                           box=BOX))
     return out
 
 
 def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry: str = "C1",
-                   relax: bool = False) -> dict:
+                   relax: bool = False, start: str = "reference") -> dict:
     sim = stack_for(tmp, "3kpr_single" if kind == "other" and name != "3kpr_single" else name, n)
     if kind == "other":  # particles of another protein, this reference
-        other = tmp / f"other_{name}_n{n}"
+        other = tmp / f"other_{name}_n{n}{_box_tag()}"
         if not (other / "particles.star").is_file():
-            run_isolated(SIMULATE.format(out=other, structure="1a28", px=STRUCTURES[name]["px"], chains=None, n=n))
+            run_isolated(SIMULATE.format(out=other, structure="1a28", px=STRUCTURES[name]["px"], chains=None, n=n,
+                                         box=BOX))
         sim = other
     ref = reference_for(tmp, name, kind)
     lowpass = 60.0 if kind == "lowpass60" else 40.0
-    work = tmp / f"work_{name}_{kind}_{poses}"
+    work = tmp / f"work_{name}_{kind}_{poses}_{start}{_box_tag()}"
     shutil.rmtree(work, ignore_errors=True)
     blind = BLIND_STACK.format(star=sim / "particles.star", noise=kind == "noise")
     r = run_isolated(CRYORIENT.format(blind_stack=blind, reference=ref, truth=sim / "volume.mrc",
                                       lowpass=lowpass, poses=poses, work=work, noise=kind == "noise",
-                                      symmetry=symmetry, relax=relax))
-    label = f"cryorient ({poses}" + (f", {symmetry}" if symmetry != "C1" else "") + (", relaxed" if relax else "")
+                                      symmetry=symmetry, relax=relax, start=start,
+                                      initial=sim / ("abinitio_noise.mrc" if kind == "noise" else "abinitio.mrc")))
+    label = (f"cryorient ({poses}" + (f", {symmetry}" if symmetry != "C1" else "") + (", relaxed" if relax else "")
+             + (", from the particles" if start == "particles" else ""))
     return {"structure": name, "reference": kind, "method": label + ")", **r}
 
 
@@ -243,14 +299,15 @@ data = data.subset(numpy.argsort(order))
 group = point_group("{symmetry}")
 ev = evaluate_poses(nearest_mates(data.rotations(), truth.rotations, group), data.shifts_angstrom(), truth,
                     data.pixel_size)
-aligned = data.with_orientations(ev.evaluation.aligned.float(), data.shifts_angstrom())
+aligned = ev.in_truth_frame(data, data.shifts_angstrom())  # the map's global offset removed
 mine = reconstruct(aligned, aligned.rotations(), ReconstructConfig(halves=False, symmetry="{symmetry}"),
-                   load_reference("{sim}/volume.mrc", 64, data.pixel_size))
+                   load_reference("{sim}/volume.mrc", data.box, data.pixel_size))
 res = None
 for line in open("{model_star}"):
     if line.startswith("_rlnCurrentResolution"):
         res = float(line.split()[1])
 print(json.dumps({{"median_deg": round(ev.median_deg, 2), "hand": ev.metrics()["hand"],
+                  "map_offset_A": round(ev.map_offset_angstrom, 2),
                   "vs_truth_A": round(mine.resolution_reference.angstrom, 2), "resolution_A": res}}))
 """
 
@@ -261,12 +318,12 @@ def judge_relion(sim: Path, data_star: Path, model_star: Path, symmetry: str) ->
     return run_isolated(RELION_JUDGE.format(sim=sim, data_star=data_star, model_star=model_star, symmetry=symmetry))
 
 
-def relion_inputs(sim: Path, work: Path) -> None:
+def relion_inputs(sim: Path, work: Path, box: int = 64) -> None:
     """``work/norm.star`` + ``norm.mrcs``: the stack normalised as RELION's Extract job does (zero
     mean, unit variance in the background ring; RELION 3.1's relion_preprocess does it on stacks
     only), in a STAR without the truth's pose columns."""
     subprocess.run(["relion_preprocess", "--operate_on", str(sim / "particles.mrcs"), "--operate_out",
-                    str(work / "norm.mrcs"), "--norm", "--bg_radius", str(int(0.9 * 32))], cwd=work, check=True,
+                    str(work / "norm.mrcs"), "--norm", "--bg_radius", str(int(0.9 * box / 2))], cwd=work, check=True,
                    capture_output=True)
     blocks = starfile.read(sim / "particles.star", always_dict=True)
     table = blocks["particles"].drop(columns=[c for c in blocks["particles"].columns
@@ -279,19 +336,19 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str
     """relion_refine_mpi auto-refine from the same low-passed reference on the same stack."""
     sim = stack_for(tmp, name, n)
     ref = reference_for(tmp, name, kind)
-    work = tmp / f"relion_{name}_{kind}"
+    work = tmp / f"relion_{name}_{kind}{_box_tag()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    px = STRUCTURES[name]["px"]
-    diameter = int(0.9 * 64 * px)
-    relion_inputs(sim, work)
+    diameter = int(0.9 * 64 * STRUCTURES[name]["px"])
+    relion_inputs(sim, work, BOX)
     (work / "out").mkdir()
     t, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     args = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--o", "out/run",
             "--auto_refine", "--split_random_halves", "--i", "norm.star", "--ref", str(ref), "--ini_high",
             "60" if kind == "lowpass60" else "40", "--firstiter_cc", "--ctf", "--particle_diameter", str(diameter),
             "--flatten_solvent", "--zero_mask", "--oversampling", "1", "--healpix_order", "2",
-            "--auto_local_healpix_order", "4", "--offset_range", "5", "--offset_step", "2", "--sym", symmetry,
+            "--auto_local_healpix_order", "4" if BOX == 64 else "3", "--offset_range", str(5 * BOX // 64),
+            "--offset_step", str(2 * BOX // 64), "--sym", symmetry,
             "--low_resol_join_halves", "40", "--norm", "--scale", "--pad", "2", "--j", "1",
             "--dont_combine_weights_via_disc", "--pool", "3"]
     with open(work / "relion.log", "w") as fh:
@@ -352,9 +409,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", default=["3kpr_single:exact"], help="STRUCTURE:REFERENCE cases")
     ap.add_argument("--poses", nargs="*", default=["network", "search"])
+    ap.add_argument("--start", choices=("reference", "particles"), default="reference",
+                    help="particles: round 0 from the ab initio map placed in the reference's frame and hand")
     ap.add_argument("--relion", action="store_true", help="run RELION auto-refine on the exact-reference stacks")
     ap.add_argument("--scaling", action="store_true")
     ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--box", type=int, default=64, choices=(32, 64),
+                    help="32: the same particles binned by 2 (twice the pixel size), for RELION to finish")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--tag", default=None, help="name of the JSON in bench/results (default: from the cases)")
     ap.add_argument("--judge-relion", nargs=2, metavar=("STACK_DIR", "DATA_STAR"), default=None,
@@ -362,6 +423,8 @@ def main() -> None:
                          "run_itNNN_data.star (the half1 model STAR beside it gives the resolution)")
     ap.add_argument("--c1-too", action="store_true", help="symmetric structures: also refine them in C1")
     args = ap.parse_args()
+    global BOX
+    BOX = args.box
     if args.judge_relion:
         sim, data = map(Path, args.judge_relion)
         model = data.with_name(data.name.replace("_data.star", "_half1_model.star"))
@@ -370,7 +433,7 @@ def main() -> None:
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-refine-"))
     tmp.mkdir(parents=True, exist_ok=True)
     results: dict = {"n": args.n, "cases": []}
-    stem = f"refine_n{args.n}_" + (args.tag or "_".join(c.replace(":", "-") for c in args.only))
+    stem = f"refine_n{args.n}{_box_tag()}_" + (args.tag or "_".join(c.replace(":", "-") for c in args.only))
     for case in args.only:
         name, kind = case.split(":")
         sym = STRUCTURES[name].get("sym", "C1")
@@ -379,7 +442,7 @@ def main() -> None:
             if name == "1a28":  # pseudo-symmetric: C1, and the symmetric solution relaxed to C1
                 variants = [("C1", False), (sym, True)]
             for symmetry, relax in variants:
-                results["cases"].append(cryorient_case(tmp, name, kind, args.n, poses, symmetry, relax))
+                results["cases"].append(cryorient_case(tmp, name, kind, args.n, poses, symmetry, relax, args.start))
                 print(results["cases"][-1], flush=True)
                 write_results(stem, results)  # after each case: a long run stopped keeps what it measured
         if args.relion and kind in ("exact", "moved15", "lowpass60") and shutil.which("relion_refine_mpi"):
@@ -390,8 +453,10 @@ def main() -> None:
                                    ("seconds", "s"), ("rounds", "rounds"), ("median_deg", "median °"),
                                    ("hand", "hand"), ("resolution_A", "half maps Å"), ("vs_truth_A", "vs truth Å"),
                                    ("true_poses_vs_truth_A", "true poses vs truth Å"),
-                                   ("fsc_vs_reference_beyond_start", "FSC(map, ref) beyond start")],
-                f"Refinement, box 64, N={args.n}, SNR 1/16, CTF")
+                                   ("fsc_vs_reference_beyond_start", "FSC(map, ref) beyond start"),
+                                   ("fsc_vs_reference_within_start", "FSC(map, ref) up to start"),
+                                   ("matches_reference", "matches ref")],
+                f"Refinement, box {BOX}, N={args.n}, SNR 1/16, CTF")
     if args.scaling:
         results["scaling"] = scaling(tmp, [2000, 20000, 100000], 20.0, 7.5, 2.0)
         print_table(results["scaling"], [("n", "N"), ("network_s", "network s (train + predict)"),

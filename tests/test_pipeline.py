@@ -31,7 +31,7 @@ def pipeline_run(tmp_path_factory, monkeypatch_module):
 
 
 REFINE = [*SMALL, "--n-particles", "400", "--snr", "1", "--max-shift-px", "1.5", "--ctf", "--reference",
-          "1ake_adk_closed", "--initial-lowpass", "25", "--max-rounds", "3"]
+          "1ake_adk_closed", "--start", "reference", "--initial-lowpass", "25", "--max-rounds", "3"]
 
 
 DENOVO = [*SMALL, "--n-particles", "300", "--snr", "1", "--max-shift-px", "1.5", "--ctf", "--initial-lowpass", "25",
@@ -54,6 +54,12 @@ def refine_run(tmp_path_factory, monkeypatch_module):
 def denovo_run(tmp_path_factory, monkeypatch_module):
     """No reference: an initial map first."""
     return _run(tmp_path_factory, "denovo", DENOVO)
+
+
+@pytest.fixture(scope="module")
+def mismatch_run(tmp_path_factory, monkeypatch_module):
+    """Particles of 1ake, reference 1a28 (another protein), round 0 from the particles' own map."""
+    return _run(tmp_path_factory, "mismatch", [*DENOVO, "--reference", "1a28", "--start", "particles"])
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +132,22 @@ def test_run_without_a_reference_starts_from_an_initial_map(denovo_run):
     # true map mirrored and rotated); bench/abinitio.py judges them at box 64.
     assert s["initial_map_vs_truth_angstrom"] < 25.0, s
     assert s["hand_vs_truth"] in ("as reference", "flipped")
+
+
+def test_a_reference_of_another_protein_gets_no_resolution(mismatch_run):
+    """--start particles: the initial map is made from the particles alone and put in the
+    reference's frame and hand; the refined map is the particles' (1ake), which does not match
+    the reference (1a28) up to the start resolution: no resolution, and the user is told why."""
+    out, stdout = mismatch_run
+    lines = stdout.strip().splitlines()
+    assert "in the frame and hand of 1a28" in lines[0], stdout
+    assert "NO RESOLUTION: the particles' map does not match the reference" in lines[2], stdout
+    assert any(ln.startswith("WARNING: ") and "does not match the reference" in ln for ln in lines)
+    assert (out / "refine" / "start_in_reference_frame.mrc").is_file()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["started_from_particles"] and not s["matches_reference"]
+    assert s.get("resolution_angstrom") is None and s["placement_hand_margin"] is not None
+    assert s["fsc_vs_reference_at_start"] < 0.5, s  # measured 0.44 (the lowest shell up to 25 Å)
 
 
 def test_rerun_skips_everything_and_config_reproduces(pipeline_run, tmp_path):

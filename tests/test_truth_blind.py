@@ -86,7 +86,9 @@ def test_train_recover_reconstruct_are_blind(stars, tmp_path):
 def test_run_is_blind(stars, tmp_path, method, monkeypatch):
     monkeypatch.setenv("CRYORIENT_CACHE", str(tmp_path / "cache"))
     _, full, blind = stars
-    extra = (["--poses", "search", "--max-rounds", "2"] if method == "refine"
+    # refine: round 0 from the particles' own map (ab initio), put in the reference's frame
+    extra = (["--poses", "search", "--max-rounds", "2", "--start", "particles", "--abinitio-seeds", "2",
+              "--abinitio-iterations", "8"] if method == "refine"
              else [*TRAIN[:2], "--steps-per-epoch", "4", "--train-batch-size", "16", "--width", "8",
                    "--input-size", "16", "--restarts", "1", "--refine-rounds", "1", "--ambiguity-images", "200"])
     for name, star in (("full", full), ("blind", blind)):

@@ -442,6 +442,10 @@ class RefineConfig:
 
 
 Method = Literal["refine", "distances"]
+# where the refinement's round 0 starts: a map made from the particles alone (ab initio) put in
+# the reference's frame and hand, or the reference itself; auto: the particles in C1, the
+# reference for point groups (the ab initio map is made in C1)
+Start = Literal["auto", "particles", "reference"]
 
 
 @dataclass(frozen=True)
@@ -459,13 +463,25 @@ class PipelineConfig:
     recover: RecoverConfig = field(default_factory=RecoverConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     refinement: RefineConfig = field(default_factory=RefineConfig)
-    abinitio: AbInitioConfig = field(default_factory=AbInitioConfig)  # when no reference is given
+    abinitio: AbInitioConfig = field(default_factory=AbInitioConfig)  # when the start is the particles
+    start: Start = "auto"
     truth_map: str | None = None  # ground-truth map for the FSC (simulations use their own)
     seed: int = 0
 
+    @property
+    def starts_from_particles(self) -> bool:
+        """The refinement starts from an ab initio map (no reference, or ``start`` says so)."""
+        if self.reference is None:
+            return True
+        return self.start == "particles" or (self.start == "auto" and self.refinement.symmetry == "C1")
+
     def __post_init__(self):
         _choice(self.method, Method, "method")
+        _choice(self.start, Start, "start")
         if self.method == "refine":
+            require(self.start != "particles" or self.refinement.symmetry == "C1",
+                    "--start particles makes the initial map in C1; with --symmetry start from the reference "
+                    "(--start reference)")
             require(self.reference is not None or self.refinement.symmetry == "C1",
                     "a symmetric refinement needs a reference in RELION's symmetry frame (the ab initio map "
                     "is made in C1, in a frame of its own)")

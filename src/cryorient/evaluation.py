@@ -200,6 +200,11 @@ class PoseEvaluation:
 
     evaluation: Evaluation
     shift_error_px: torch.Tensor | None  # (N,) |estimated - true origin| in pixels
+    # the estimated origins (Å) less the map's global translation against the truth (fitted):
+    # a map placed a pixel off the truth's centre is the same map; reconstructions judged
+    # against the true map use these
+    centred_origins_angstrom: torch.Tensor | None = None
+    map_offset_angstrom: float | None = None  # the length of that translation
 
     def metrics(self) -> dict:
         out = self.evaluation.metrics()
@@ -212,16 +217,40 @@ class PoseEvaluation:
     def median_deg(self) -> float:
         return float(np.rad2deg(self.evaluation.errors["rotation"].median().item()))
 
+    def in_truth_frame(self, stack, origins_angstrom: torch.Tensor | None):
+        """``stack`` with the aligned rotations and the centred origins (``origins_angstrom``
+        when there is no true origin to centre them on): what is reconstructed and compared
+        with the true map."""
+        origins = self.centred_origins_angstrom if self.centred_origins_angstrom is not None else origins_angstrom
+        return stack.with_orientations(self.evaluation.aligned.float(), origins)
+
 
 def evaluate_poses(rotations: torch.Tensor, origins_angstrom: torch.Tensor | None, truth: Truth,
                    pixel_size: float) -> PoseEvaluation:
-    """Rotations after the physical alignment (and the O(4) diagnostic); origins as given
-    (they are frame-independent)."""
+    """Rotations after the physical alignment (and the O(4) diagnostic); origins as given,
+    and centred (the map's global translation fitted and removed)."""
     ev = evaluate(rotations, truth.rotations)
-    shift_err = None
-    if origins_angstrom is not None and truth.origins_angstrom is not None:
-        shift_err = (origins_angstrom - truth.origins_angstrom).norm(dim=1) / pixel_size
-    return PoseEvaluation(ev, shift_err)
+    if origins_angstrom is None or truth.origins_angstrom is None:
+        return PoseEvaluation(ev, None)
+    shift_err = (origins_angstrom - truth.origins_angstrom).norm(dim=1) / pixel_size
+    centred, offset = _centre_origins(origins_angstrom, truth)
+    return PoseEvaluation(ev, shift_err, centred, offset)
+
+
+def _centre_origins(origins: torch.Tensor, truth: Truth) -> tuple[torch.Tensor, float]:
+    """A map translated by ``t`` (3D) shifts particle i's image by the in-plane part of its
+    rotated ``t``: least squares for ``t`` from the origins' differences to the truth's (both
+    conventions of applying ``R`` tried, the better fit kept), then removed."""
+    d = (origins - truth.origins_angstrom).double().reshape(-1, 1)
+    best = None
+    for a in (truth.rotations[:, :2, :], truth.rotations.transpose(1, 2)[:, :2, :]):
+        a = a.double().reshape(-1, 3)
+        t = torch.linalg.lstsq(a, d).solution
+        residual = float((a @ t - d).norm())
+        if best is None or residual < best[0]:
+            best = (residual, a @ t, t)
+    _, fitted, t = best
+    return (origins.double() - fitted.reshape(-1, 2)).to(origins.dtype), float(t.norm())
 
 
 def write_evaluation_figures(ev: Evaluation, truth: Truth, figs, what: str = "recovered") -> None:

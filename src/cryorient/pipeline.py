@@ -35,6 +35,7 @@ from .distance.preprocess import default_input
 from .distance.train import MODEL_FORMAT, train_on_reference
 from .errors import CryorientError
 from .evaluation import Truth, evaluate_poses, truth_of, write_evaluation_figures
+from .io import write_mrc
 from .orientation.frame import to_reference_frame
 from .orientation.run import run_recovery, write_recovery
 from .particles import ParticleStack, read_particles, write_particles
@@ -181,6 +182,12 @@ class RefineStageResult:
     fsc_vs_reference_beyond_start: float  # the largest FSC(map, start reference) beyond it
     warnings: list
     fsc_vs_reference_at_start: float | None = None  # the lowest FSC(map, reference) up to it
+    # round 0 from the ab initio map put in the reference's frame and hand (the reference shaped
+    # nothing else); then the map must match the reference for a resolution to be reported
+    started_from_particles: bool = False
+    matches_reference: bool = True
+    placement_hand_margin: float | None = None  # how clearly the reference picked the hand
+    reference_resolution_angstrom: float | None = None  # the reference trusted to (if not the start's)
     median_error_deg: float | None = None
     mean_error_deg: float | None = None
     p90_error_deg: float | None = None
@@ -230,10 +237,7 @@ class RunSummary:
         if self.train is not None and self.train.warning:
             out.append(self.train.warning)
         if self.recover is not None:
-            if self.recover.hand_margin is not None and self.recover.hand_margin < 0.02:
-                margin = 100 * self.recover.hand_margin
-                out.append(f"the hand was decided by a thin margin ({margin:.1f}% between the two hands' map "
-                           "correlations with the reference)")
+            out.extend(_hand_warning(self.recover.hand_margin))
             if self.recover.ambiguity_margin < 0.05:
                 out.append(f"the distance ambiguity was resolved by a thin margin "
                            f"({100 * self.recover.ambiguity_margin:.1f}%)")
@@ -242,6 +246,14 @@ class RunSummary:
         if self.refine is not None:
             out.extend(self.refine.warnings)
         return out
+
+
+def _hand_warning(margin: float | None) -> list[str]:
+    """A hand picked by the map's correlation with the reference by less than 2%."""
+    if margin is None or margin >= 0.02:
+        return []
+    return [f"the hand was decided by a thin margin ({100 * margin:.1f}% between the two hands' map "
+            "correlations with the reference)"]
 
 
 def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
@@ -279,16 +291,21 @@ def run_pipeline(cfg: PipelineConfig, outdir: Path, generator: torch.Generator,
     common = {"particles": str(star), "n_particles": stack.n, "box": stack.box, "pixel_size": stack.pixel_size,
               "reference": cfg.reference}
     if cfg.method == "refine":
-        reference, initial = cfg.reference, None
+        reference, initial, start = cfg.reference, None, None
         portable_truth = _portable(truth_map, outdir) if truth_map else None
-        if reference is None:  # 2. an initial map from the particles alone
+        if reference is not None:  # a reference that cannot be read fails before any work
+            load_reference(reference, blind.box, blind.pixel_size, cfg.reference_chains)
+        if cfg.starts_from_particles:  # 2. an initial map from the particles alone
             initial = stages.run("abinitio", {"abinitio": cfg.abinitio, "seed": cfg.seed, "truth_map": portable_truth},
                                  AbInitioStageResult, lambda d: _abinitio(d, cfg, blind, truth_map, device))
-            reference = str(outdir / "abinitio" / initial.initial_map)
+            start = str(outdir / "abinitio" / initial.initial_map)
+            if reference is None:  # the initial map is the reference (its frame and hand)
+                reference, start = start, None
         result = stages.run("refine", {"refine": cfg.refinement, "reference": cfg.reference,
-                                       "abinitio": cfg.abinitio if cfg.reference is None else None,
+                                       "abinitio": cfg.abinitio if cfg.starts_from_particles else None,
                                        "chains": cfg.reference_chains, "seed": cfg.seed, "truth_map": portable_truth},
-                            RefineStageResult, lambda d: _refine(d, cfg, blind, truth, truth_map, device, reference))
+                            RefineStageResult,
+                            lambda d: _refine(d, cfg, blind, truth, truth_map, device, reference, start))
         final_star, final_map = outdir / "refine" / "particles.star", outdir / "refine" / "map.mrc"
         summary = RunSummary("refine", **common, stages_skipped=stages.skipped, wall_time_s=0.0, abinitio=initial,
                              refine=result)
@@ -324,8 +341,9 @@ def _abinitio(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth_map: str
 
 
 def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | None, truth_map: str | None,
-            device, reference_path: str) -> RefineStageResult:
-    """The gold-standard loop from the reference (given, or the initial map), its files, and
+            device, reference_path: str, start_path: str | None = None) -> RefineStageResult:
+    """The gold-standard loop from the reference (given, or the initial map), or from the
+    initial map put in the given reference's frame and hand (``start_path``), its files, and
     (with the truth) its evaluation."""
     from .distance.data import imaging_from_stack
     from .distance.proposer import NetworkProposer
@@ -335,23 +353,45 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
 
     rc = cfg.refinement
     reference = load_reference(reference_path, blind.box, blind.pixel_size, cfg.reference_chains)
+    start, margin = None, None
+    if start_path is not None:  # the reference decides the frame and hand, nothing else
+        from .refine.loop import place_in_reference_frame
+
+        start, placed = place_in_reference_frame(load_reference(start_path, blind.box, blind.pixel_size),
+                                                 reference, blind.pixel_size)
+        margin = round(placed.hand_margin, 4)
+        log.info("initial map placed in the reference's frame (hand margin %.3f)", margin)
+        write_mrc(d / "start_in_reference_frame.mrc", start, blind.pixel_size)
+        from . import plots
+
+        shown = [("reference", lowpass_to_resolution(reference, blind.pixel_size, rc.initial_lowpass)),
+                 ("initial map, placed", lowpass_to_resolution(start, blind.pixel_size, rc.initial_lowpass))]
+        plots.volume_slices(shown, d / "figures" / "placement.png", projections=True,
+                            title=f"The particles' initial map in the reference's frame and hand (both at "
+                                  f"{rc.initial_lowpass:.0f} Å; hand margin {100 * margin:.1f}%)")
     proposer = None
     if rc.poses == "network":
-        start = lowpass_to_resolution(reference, blind.pixel_size, rc.initial_lowpass)
-        imaging = imaging_from_stack(blind, start, rc.initial_lowpass,
+        from .refine.loop import INDEPENDENT_START_LOWPASS
+
+        lp = rc.initial_lowpass if start is None else min(rc.initial_lowpass, INDEPENDENT_START_LOWPASS)
+        first = lowpass_to_resolution(reference if start is None else start, blind.pixel_size, lp)
+        imaging = imaging_from_stack(blind, first, lp,
                                      generator=torch.Generator().manual_seed(cfg.seed))
         proposer = NetworkProposer(imaging, d / "networks", rc.train_minutes, rc.finetune_minutes, seed=cfg.seed,
                                    device=device)
-    result = refine(blind, reference, rc, proposer, device, progress=lambda msg: log.info("%s", msg))
+    result = refine(blind, reference, rc, proposer, device, progress=lambda msg: log.info("%s", msg), start=start)
     metrics = write_refinement(result, blind, d)
     # the controls: how much of the reference beyond the start resolution is in the map, and
     # how well the map agrees with it up to there
     freqs = shell_frequencies(blind.box, blind.pixel_size)
     beyond = result.fsc_reference[freqs > 1.0 / rc.initial_lowpass]
     out = RefineStageResult(len(result.rounds), result.resolution.angstrom,
-                            metrics["resolution_angstrom"], rc.initial_lowpass, metrics["confidence_median"],
-                            float(beyond.max()) if beyond.size else 0.0, result.warnings(),
-                            fsc_vs_reference_at_start=round(result.reference_agreement, 3))
+                            metrics["resolution_angstrom"], result.start_resolution, metrics["confidence_median"],
+                            float(beyond.max()) if beyond.size else 0.0, result.warnings() + _hand_warning(margin),
+                            fsc_vs_reference_at_start=round(result.reference_agreement, 3),
+                            started_from_particles=result.independent_start,
+                            matches_reference=result.matches_reference, placement_hand_margin=margin,
+                            reference_resolution_angstrom=rc.initial_lowpass if start is not None else None)
     if truth is not None:
         # poses are defined modulo the point group (unless it was relaxed): judge the mate
         # closest to the truth
@@ -363,14 +403,14 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
         em = ev.metrics()
         write_json(d / "evaluation.json", em)
         write_evaluation_figures(ev.evaluation, truth, d / "figures", "refined")
-        write_particles(blind.with_orientations(ev.evaluation.aligned.float(), result.origins_angstrom),
+        write_particles(ev.in_truth_frame(blind, result.origins_angstrom),
                         d / "orientations_aligned.star")
         out = replace(out, median_error_deg=em["rotation_error"]["median_deg"],
                       mean_error_deg=em["rotation_error"]["mean_deg"], p90_error_deg=em["rotation_error"]["p90_deg"],
                       hand_vs_truth=em["hand"])
         if truth_map is not None:
             true_map = load_reference(truth_map, blind.box, blind.pixel_size)
-            aligned = blind.with_orientations(ev.evaluation.aligned.float(), result.origins_angstrom)
+            aligned = ev.in_truth_frame(blind, result.origins_angstrom)
             one = replace(cfg.reconstruct, halves=False, symmetry="C1" if rc.relax_symmetry else rc.symmetry)
             mine = reconstruct(aligned, aligned.rotations(), one, true_map, device=device)
             ideal_stack = blind.with_orientations(truth.rotations, truth.origins_angstrom
@@ -542,13 +582,15 @@ def three_line_summary(summary: RunSummary, outdir: Path) -> list[str]:
             start = (f"an ab initio map ({a.abinitio_seeds} random starts "
                      + ("agree" if a.abinitio_seeds_agree else "DISAGREE")
                      + f" to {a.abinitio_worst_agreement_angstrom:.0f} Å)")
+        if a is not None and summary.reference is not None:
+            start += f" in the frame and hand of {summary.reference}"
         lines = [f"{head}; refined from {start} low-passed to {r.start_resolution_angstrom:.0f} Å "
                  f"in {r.rounds} rounds; median confidence {r.confidence_median:.2f}"]
         if r.median_error_deg is not None:
-            hand = f"hand {r.hand_vs_truth}" + ("" if a is None else " (no reference fixes it)")
+            hand = f"hand {r.hand_vs_truth}" + ("" if summary.reference is not None else " (no reference fixes it)")
             lines.append(f"orientations: median error {r.median_error_deg:.2f}°, 90th pct {r.p90_error_deg:.1f}° "
                          f"(vs truth), {hand}")
-        elif a is None:
+        elif summary.reference is not None:
             lines.append("orientations: in the reference's frame and hand (no true angles to compare with)")
         else:
             lines.append("orientations: in the initial map's frame and one of the two hands (no reference fixes "
@@ -557,6 +599,11 @@ def three_line_summary(summary: RunSummary, outdir: Path) -> list[str]:
                     f"{r.truth_reference_resolution_angstrom:.1f} Å)" if r.resolution_vs_truth_angstrom else "")
         if r.resolution_angstrom is not None:
             lines.append(f"map: {r.resolution_angstrom:.1f} Å (gold-standard FSC 0.143){vs_truth}; {report}")
+        elif not r.matches_reference:
+            lines.append(f"map: NO RESOLUTION: the particles' map does not match the reference (FSC "
+                         f"{r.fsc_vs_reference_at_start:.2f} up to "
+                         f"{r.reference_resolution_angstrom or r.start_resolution_angstrom:.0f} Å){vs_truth}; "
+                         f"{report}")
         else:
             lines.append(f"map: NO RESOLUTION: the half maps do not agree beyond the start "
                          f"({r.start_resolution_angstrom:.0f} Å){vs_truth}; {report}")

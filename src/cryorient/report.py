@@ -25,7 +25,7 @@ SECTIONS = [
     ("Initial map from the particles alone (ab initio)", "abinitio",
      ["correlation_by_iteration.png", "seed_projections.png", "central_slices.png"]),
     ("Gold-standard refinement", "refine",
-     ["fsc.png", "resolution_by_round.png", "angular_change.png", "confidence.png", "errors.png",
+     ["placement.png", "fsc.png", "resolution_by_round.png", "angular_change.png", "confidence.png", "errors.png",
       "viewing_directions.png", "central_slices.png", "projections.png"]),
     ("Refinement in the truth's frame", "refine/truth_frame", ["fsc.png", "central_slices.png"]),
     ("Distance training", "train", ["loss.png", "pose_error.png", "predicted_vs_true.png", "error_by_distance.png"]),

@@ -230,12 +230,18 @@ def align_maps(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, res
     return MapAlignment(rot, mirror, shift, best, other, margin)
 
 
+def align_onto(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, resolution: float = 20.0
+               ) -> tuple[torch.Tensor, MapAlignment]:
+    """``moving`` put into ``fixed``'s frame and hand by :func:`align_maps` (rotation, hand and
+    translation searched at ``resolution``), and the alignment."""
+    al = align_maps(moving, fixed, pixel_size, resolution)
+    return rotate_volume(moving, al.rotation, al.mirror, al.shift_px), al
+
+
 def aligned_fsc(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, resolution: float = 20.0
                 ) -> tuple[np.ndarray, MapAlignment]:
-    """FSC (soft-sphere mask) of ``moving`` put onto ``fixed`` by :func:`align_maps` (rotation,
-    hand and translation searched at ``resolution``), and the alignment: how alike two maps
-    are whose frames and hands are unrelated (an ab initio map and the truth, two random
-    starts)."""
-    al = align_maps(moving, fixed, pixel_size, resolution)
-    moved = rotate_volume(moving, al.rotation, al.mirror, al.shift_px)
+    """FSC (soft-sphere mask) of ``moving`` put onto ``fixed`` (:func:`align_onto`), and the
+    alignment: how alike two maps are whose frames and hands are unrelated (an ab initio map
+    and the truth, two random starts)."""
+    moved, al = align_onto(moving, fixed, pixel_size, resolution)
     return fsc(moved, fixed, soft_sphere_mask(fixed.shape[-1])), al

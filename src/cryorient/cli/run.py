@@ -70,7 +70,14 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--round-minutes", type=parse_positive, default=_F.train_minutes,
                    help="the network's training budget per half in the first round (later rounds fine-tune "
                         f"for {_F.finetune_minutes:g} min)")
-    g = p.add_argument_group("initial map (--method refine without --reference)")
+    g.add_argument("--start", choices=("auto", "particles", "reference"), default="auto",
+                   help="what round 0 starts from when --reference is given: particles: an initial map made "
+                        "from the particles alone, put in the reference's frame and hand (a 60 Å map, a "
+                        "model missing a chain or of another protein cannot bias it; the final map must "
+                        "match the reference for a resolution to be reported); reference: the reference "
+                        "low-passed to --initial-lowpass, as RELION's auto-refine; auto: particles in C1, "
+                        "reference with --symmetry")
+    g = p.add_argument_group("initial map (--method refine without --reference, or --start particles)")
     g.add_argument("--abinitio-seeds", type=int, default=_I.seeds,
                    help="independent random starts; their maps must agree for the initial map to be trusted")
     g.add_argument("--abinitio-iterations", type=int, default=_I.iterations,
@@ -177,7 +184,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                           simulation=simulation, reference=args.reference,
                           reference_chains=args.reference_chains, model=args.model, train=train,
                           recover=recover, reconstruct=ReconstructConfig(wiener=args.wiener),
-                          truth_map=args.truth_map, seed=args.seed)
+                          truth_map=args.truth_map, seed=args.seed, start=args.start)
 
 
 def resolved_options(args: argparse.Namespace) -> dict:

@@ -146,7 +146,7 @@ def write_recovery(outcome: RecoverOutcome, stack: ParticleStack, outdir: Path,
         true_d = geodesic_distance(q_true[outcome.pairs.i], q_true[outcome.pairs.j])
         metrics["distance_error"] = {"mae_rad": float((outcome.pairs.d - true_d).abs().mean()),
                                      "rmse_rad": float(((outcome.pairs.d - true_d) ** 2).mean().sqrt())}
-        write_particles(stack.with_orientations(ev.evaluation.aligned.float(), outcome.origins_angstrom),
+        write_particles(ev.in_truth_frame(stack, outcome.origins_angstrom),
                         outdir / "orientations_aligned.star")
         write_evaluation_figures(ev.evaluation, truth, figs)
         sample = torch.randperm(len(outcome.pairs), generator=torch.Generator().manual_seed(0))[:200000]

@@ -13,8 +13,11 @@ the particles' own structure, with two independent half sets.
     both halves: reconstruct each half map at full size; their FSC at 0.143 is the next
     round's resolution. Stop when it has not improved by 2% for ``stop_rounds`` rounds.
 
-Round 0 starts both halves from the same low-passed reference (as RELION does); from then on
-nothing of one half reaches the other. The poses stay in the reference's frame and hand. When
+Round 0 starts both halves from the same low-passed reference (as RELION does), or from a map
+made from the particles alone and put in the reference's frame and hand (``start``: the
+reference then shapes nothing but the frame, and the final map's agreement with it is a test
+of whether the particles are what the reference says); from then on nothing of one half
+reaches the other. The poses stay in the reference's frame and hand. When
 the half maps do not agree beyond the start resolution, there is no signal at the
 reference's resolution: the result says so instead of reporting a resolution (a noise stack
 aligned to a reference reproduces the reference below the start resolution only).
@@ -48,7 +51,9 @@ from ..so3 import grid as so3_grid
 from ..so3 import rotmat_distance
 from ..symmetry import asymmetric_unit
 from ..volumes import (
+    MapAlignment,
     Resolution,
+    align_onto,
     corrected_fsc,
     fsc,
     lowpass_to_resolution,
@@ -59,6 +64,14 @@ from ..volumes import (
 
 log = logging.getLogger(__name__)
 SIGNAL_SHELLS = 3
+# With a start made from the particles alone, the final map must agree with the reference at
+# least this well (lowest FSC up to the start resolution) for a resolution to be reported.
+MATCH_FSC = 0.5
+# A start made from the particles is low-passed to this (or to ``initial_lowpass`` if finer),
+# whatever the reference is trusted to: the ab initio map is good to about 18 Å. Started at
+# 60 Å, because the reference was a 60 Å map, the loop lost its first rounds and settled at
+# 10.8° (3kpr_single, N = 2000, SNR 1/16; bench/refine.py --start particles).
+INDEPENDENT_START_LOWPASS = 40.0
 
 
 @dataclass(frozen=True)
@@ -104,20 +117,28 @@ class RefineResult:
     pixel_size: float
     rounds: list[RoundRecord] = field(default_factory=list)
     fsc_reference: np.ndarray | None = None  # FSC(map, reference) (masked), shell by shell
+    independent_start: bool = False  # round 0 began from a map of the particles alone, not the reference
+    reference_resolution: float | None = None  # the reference is trusted to here (default: the start's)
 
     @property
     def reference_agreement(self) -> float:
         """The lowest FSC between the final map and the reference at the shells up to the
-        start resolution (where the reference was trusted): how far the particles moved the map
-        from the reference where the loop did not change it. Reported, not used to withhold
-        the resolution: it does not separate particles of another protein from a reference
-        with a moved domain (measured at box 32, 4 Å/px, start 25 Å, 400 particles at SNR 1:
-        0.77 for 1hvr particles and 0.59 for 1a28 particles from a 1ake reference, against
-        0.79 for a 30-degree domain move at box 64)."""
+        start resolution (where the reference was trusted). From the reference itself it only
+        says how far the particles moved the map from it: it does not separate particles of
+        another protein from a reference with a moved domain (measured at box 32, 4 Å/px,
+        start 25 Å, 400 particles at SNR 1: 0.77 for 1hvr particles and 0.59 for 1a28
+        particles from a 1ake reference, against 0.79 for a 30-degree domain move at box 64).
+        From an independent start the map owes the reference nothing, and this is the test of
+        :attr:`matches_reference`."""
         if self.fsc_reference is None:
             return math.nan
         freqs = shell_frequencies(2 * (len(self.fsc_reference) - 1), self.pixel_size)
-        return float(self.fsc_reference[(freqs > 0) & (freqs <= 1.0 / self.start_resolution)].min())
+        return float(self.fsc_reference[(freqs > 0) & (freqs <= 1.0 / self.trusted_resolution)].min())
+
+    @property
+    def trusted_resolution(self) -> float:
+        """How far the reference was trusted (Å): ``initial_lowpass``."""
+        return self.reference_resolution or self.start_resolution
 
     @property
     def signal(self) -> bool:
@@ -130,12 +151,29 @@ class RefineResult:
         shell = shell_frequencies(2 * (len(self.fsc_halves) - 1), self.pixel_size)[1]
         return bool(self.resolution.frequency >= 1.0 / self.start_resolution + SIGNAL_SHELLS * shell)
 
+    @property
+    def matches_reference(self) -> bool:
+        """After an independent start: the particles' map agrees with the reference up to the
+        start resolution (:data:`MATCH_FSC`). From the reference itself: not tested (True)."""
+        return not self.independent_start or self.reference_agreement >= MATCH_FSC
+
+    @property
+    def reportable(self) -> bool:
+        """A resolution is reported: the half maps agree beyond the start, and (after an
+        independent start) the map is the reference's object."""
+        return self.signal and self.matches_reference
+
     def warnings(self) -> list[str]:
         out = []
         if not self.signal:
             out.append(f"the half maps do not agree beyond the starting resolution "
                        f"({self.start_resolution:.0f} Å): the data hold no signal at the reference's "
                        "resolution; no resolution is reported")
+        if not self.matches_reference:
+            out.append(f"the map made from the particles does not match the reference (lowest FSC "
+                       f"{self.reference_agreement:.2f} up to {self.trusted_resolution:.0f} Å, below {MATCH_FSC}): "
+                       "the particles are not the reference's object (another protein, state or "
+                       "preparation?); no resolution is reported: check the reference, or run without it")
         return out
 
 
@@ -205,12 +243,34 @@ class _State:
     round: int = 0
 
 
+# The resolution at which a map of the particles is put in the reference's frame and hand. The
+# hand lives in the finer detail: the true 3kpr_single map mirrored, rotated and low-passed to
+# 18 Å (as an ab initio map), placed on references at box 64, 2.5 Å/px, picked the right hand
+# by 1.9% (exact), 0.8% (a chain missing) and 1.7% (a domain moved by 30°) at 40 Å, and by
+# 10.3%, 4.4% and 6.3% at 25 Å; on a reference low-passed to 60 Å it picked the wrong hand by
+# 0.2% at 60 Å (a 60 Å map holds hardly any hand: the margin says so).
+PLACEMENT_RESOLUTION = 25.0
+
+
+def place_in_reference_frame(volume: torch.Tensor, reference: torch.Tensor, pixel_size: float
+                             ) -> tuple[torch.Tensor, MapAlignment]:
+    """``volume`` (a map of the particles alone, in a frame and hand of its own) rotated,
+    mirrored and shifted onto ``reference`` at :data:`PLACEMENT_RESOLUTION` or coarser: the
+    ``start`` of :func:`refine`. The alignment's ``hand_margin`` says how clearly the
+    reference decided the hand."""
+    return align_onto(volume, reference, pixel_size, resolution=PLACEMENT_RESOLUTION)
+
+
 def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
            proposer: PoseProposer | None = None, device=None,
            progress: Callable[[str], None] | None = None,
-           on_round: Callable[[int, torch.Tensor], None] | None = None) -> RefineResult:
+           on_round: Callable[[int, torch.Tensor], None] | None = None,
+           start: torch.Tensor | None = None) -> RefineResult:
     """Refine ``stack`` (blind, with half sets) from ``reference`` (a volume on the stack's grid,
-    in the frame the poses are wanted in). ``proposer`` (when ``cfg.poses`` is ``network``)
+    in the frame the poses are wanted in), or from ``start`` (a map made from the particles
+    alone, already in the reference's frame and hand; the reference is then only compared
+    with). The reference is low-passed to ``cfg.initial_lowpass`` first, a start to that or
+    :data:`INDEPENDENT_START_LOWPASS`, whichever is finer. ``proposer`` (when ``cfg.poses`` is ``network``)
     proposes poses each round; the global search stands in when it is weak. ``on_round(r,
     rotations)`` sees each round's poses (benchmarks judge them; the loop does not).
 
@@ -223,9 +283,11 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
 
     box, px = stack.box, stack.pixel_size
     group = point_group(cfg.symmetry)
-    start = symmetrise(lowpass_to_resolution(reference.float(), px, cfg.initial_lowpass), group)
+    independent = start is not None
+    first = min(cfg.initial_lowpass, INDEPENDENT_START_LOWPASS) if independent else cfg.initial_lowpass
+    start = symmetrise(lowpass_to_resolution((start if independent else reference).float(), px, first), group)
     radius = particle_radius(start) * px
-    state = _State(torch.eye(3).repeat(stack.n, 1, 1), torch.zeros(stack.n, 2), [start, start], cfg.initial_lowpass)
+    state = _State(torch.eye(3).repeat(stack.n, 1, 1), torch.zeros(stack.n, 2), [start, start], first)
     records: list[RoundRecord] = []
     ops = group.ops() if group.order > 1 else None
     state = _rounds(stack, state, cfg, cfg.max_rounds, radius, ops, None, proposer, device, progress, on_round,
@@ -249,7 +311,7 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
                              device)
     agreement = fsc(full, symmetrise(reference.float(), group), soft_sphere_mask(box))
     return RefineResult(state.rot, state.origins, confidence, (h1, h2), full, curve, resolution,
-                        cfg.initial_lowpass, px, records, agreement)
+                        first, px, records, agreement, independent, cfg.initial_lowpass)
 
 
 def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: int, radius: float,

@@ -46,7 +46,8 @@ def write_refinement(result: RefineResult, stack: ParticleStack, outdir: Path) -
         w.writerows(rows)
     figs = outdir / "figures"
     res = result.resolution
-    label = f"{res.angstrom:.1f} Å @0.143" if result.signal else "no signal beyond the start"
+    label = (f"{res.angstrom:.1f} Å @0.143" if result.reportable
+             else "not the reference's object" if result.signal else "no signal beyond the start")
     plots.curves([("half maps", freqs, result.fsc_halves), ("map vs reference", freqs, result.fsc_reference)],
                  figs / "fsc.png", "spatial frequency (1/Å)", "FSC",
                  title="Gold-standard FSC (independent half sets)", hlines=[(0.143, "0.143"), (0.5, "0.5")],
@@ -67,11 +68,13 @@ def write_refinement(result: RefineResult, stack: ParticleStack, outdir: Path) -
     plots.volume_slices(vols, figs / "projections.png", projections=True, title="Orthogonal projections")
     metrics = {
         "rounds": len(result.rounds),
-        "resolution_angstrom": round(res.angstrom, 3) if result.signal else None,
+        "resolution_angstrom": round(res.angstrom, 3) if result.reportable else None,
         "half_map_fsc_resolution_angstrom": round(res.angstrom, 3),
         "start_resolution_angstrom": result.start_resolution,
         "signal_beyond_start": result.signal,
         "fsc_vs_reference_at_start": round(result.reference_agreement, 3),
+        "started_from_particles": result.independent_start,
+        "matches_reference": result.matches_reference,
         "confidence_median": float(np.median(conf)),
         "warnings": result.warnings(),
         "per_round": rows,
