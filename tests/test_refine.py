@@ -122,22 +122,7 @@ def test_a_start_from_the_particles_takes_the_references_frame_and_hand(volume):
     assert median < 20.0, median  # measured 13.9 (300 particles at SNR 1, two rounds from 25 Å)
     assert not ev.alignment.hand_flipped
     frame = math.degrees(float(so3.rotmat_angle(ev.alignment.rotation)))
-    assert frame < 3.0, frame  # measured
-    assert result.independent_start and result.matches_reference, result.reference_agreement  # measured
+    assert frame < 3.0, frame  # measured 0.55
+    assert result.independent_start and result.matches_reference, result.reference_agreement  # measured 0.989
     assert result.reportable and not result.warnings()
 
-
-def test_particles_of_another_protein_do_not_match_the_reference(volume):
-    """Particles of 1ake, reference another protein (1a28): started from the particles' own map,
-    the loop finds the particles' structure, whose agreement with the reference up to the start
-    resolution is low: no resolution is reported and the warning says why. (What it cannot
-    catch: a protein of the same size and shape at the start resolution. The true 1ake map
-    placed on 1hvr, another ~23 kDa globule, agrees to FSC 0.62 up to 25 Å; on 1a28 0.33.)"""
-    stack, _ = _stack(volume, 400, 1.0)
-    other = load_volume("1a28", DensityConfig(box=BOX, pixel_size=PX))
-    start, _ = place_in_reference_frame(volume, other, PX)
-    cfg = RefineConfig(initial_lowpass=25.0, max_rounds=2, poses="search", search_step_max_deg=12.0)
-    result = refine(stack, other, cfg, start=start)
-    assert result.signal  # the particles hold signal: the half maps agree beyond the start
-    assert not result.matches_reference and not result.reportable, result.reference_agreement  # measured
-    assert any("does not match the reference" in w for w in result.warnings())
