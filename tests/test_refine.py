@@ -93,14 +93,15 @@ def test_pure_noise_does_not_return_the_reference(volume):
 def test_align_maps_recovers_rotation_hand_and_shift(volume):
     g = torch.Generator().manual_seed(3)
     rot = so3.sample_rotations(1, g)[0]
-    shift = torch.tensor([1.0, -2.0, 0.0])
+    shift = torch.tensor([1.4, -2.3, 0.6])
     for mirror in (False, True):
         moved = rotate_volume(volume, rot, mirror, shift)
         found = align_maps(volume, moved, PX, resolution=12.0, n_rotations=2000, generator=g)
         assert found.mirror == mirror
         err = math.degrees(float(so3.rotmat_distance(found.rotation, rot)))
-        assert err < 3.0, err
-        assert float((found.shift_px - shift).norm()) < 1.01
+        assert err < 4.0, err  # measured 2.84 and 1.24 (11.25 in the mirrored case before the
+        # score followed the sub-pixel peak: the rotation made up for the shift's fraction)
+        assert float((found.shift_px - shift).norm()) < 0.3, found.shift_px  # measured 0.11 and 0.05
         assert found.hand_margin > 0.02
 
 

@@ -141,16 +141,30 @@ class MapAlignment:
 def _shift_search(moving_ft: torch.Tensor, fixed_ft: torch.Tensor, box: int, limit_px: float
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """For volumes given as rfftn ``(C, D, D, D//2+1)`` and ``(D, D, D//2+1)``: the best circular
-    shift of each moving volume (within ``limit_px``) and its correlation."""
-    cc = torch.fft.irfftn(moving_ft.conj() * fixed_ft, s=(box,) * 3, dim=(-3, -2, -1))
-    c = torch.fft.fftfreq(box, d=1.0 / box, device=cc.device)
+    shift of each moving volume (within ``limit_px``; to a fraction of a pixel by a parabola
+    through the peak and its two neighbours along each axis) and its correlation there (the
+    parabolas' peak: a score that does not jump with whole pixels, or a rotation search would
+    turn the map to make up for the fraction)."""
+    raw = torch.fft.irfftn(moving_ft.conj() * fixed_ft, s=(box,) * 3, dim=(-3, -2, -1))
+    c = torch.fft.fftfreq(box, d=1.0 / box, device=raw.device)
     zz, yy, xx = torch.meshgrid(c, c, c, indexing="ij")
     window = (xx**2 + yy**2 + zz**2) <= limit_px**2
-    cc = torch.where(window, cc, torch.full_like(cc, -torch.inf))
+    cc = torch.where(window, raw, torch.full_like(raw, -torch.inf))
     best, flat = cc.reshape(cc.shape[0], -1).max(dim=1)
-    z, y, x = flat // (box * box), (flat // box) % box, flat % box
-    shifts = torch.stack([c[x], c[y], c[z]], dim=1)
-    return best, shifts
+    peak = [flat // (box * box), (flat // box) % box, flat % box]  # z, y, x
+    k = torch.arange(raw.shape[0], device=raw.device)
+    frac = []
+    for axis in range(3):
+        lo, hi = list(peak), list(peak)
+        lo[axis], hi[axis] = (peak[axis] - 1) % box, (peak[axis] + 1) % box
+        a, b0, b = raw[k, lo[0], lo[1], lo[2]], raw[k, peak[0], peak[1], peak[2]], raw[k, hi[0], hi[1], hi[2]]
+        curvature = a - 2 * b0 + b
+        step = torch.where(curvature < 0, 0.5 * (a - b) / curvature.clamp(max=-1e-12), torch.zeros_like(a))
+        step = step.clamp(-0.5, 0.5)
+        best = best - 0.25 * (a - b) * step  # the parabola's value at its peak
+        frac.append(step)
+    z, y, x = (c[p] + f for p, f in zip(peak, frac))
+    return best, torch.stack([x, y, z], dim=1)
 
 
 def align_maps(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, resolution: float = 20.0,
