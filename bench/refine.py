@@ -428,6 +428,8 @@ def main() -> None:
     if args.judge_relion:
         sim, data = map(Path, args.judge_relion)
         model = data.with_name(data.name.replace("_data.star", "_half1_model.star"))
+        if not model.is_file():  # a finished run: run_data.star beside run_model.star
+            model = data.with_name(data.name.replace("_data.star", "_model.star"))
         print(judge_relion(sim, data, model, "C1"))
         return
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-refine-"))
