@@ -55,7 +55,9 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                         "distances, orientation recovery)")
     g = p.add_argument_group("refinement (--method refine)")
     g.add_argument("--initial-lowpass", type=parse_positive, default=_F.initial_lowpass,
-                   help="the reference is low-passed to this resolution (Å) before the first round")
+                   help="the resolution (Å) the reference is trusted to: --start reference low-passes it "
+                        "to this before the first round; --start particles checks the particles' map "
+                        "against it up to here (and starts from their own map at this or 40 Å)")
     g.add_argument("--max-rounds", type=int, default=_F.max_rounds)
     g.add_argument("--poses", choices=("network", "search"), default=_F.poses,
                    help="search: the exhaustive global search while the resolution is coarse, then local "
