@@ -179,7 +179,7 @@ from cryorient.distance.proposer import NetworkProposer
 from cryorient.evaluation import evaluate_poses
 from cryorient.reconstruct.run import reconstruct
 from cryorient.refine.loop import refine
-from cryorient.volumes import lowpass_to_resolution, shell_frequencies
+from cryorient.volumes import shell_frequencies
 {blind_stack}px = blind.pixel_size
 reference = load_reference("{reference}", blind.box, px)
 cfg = RefineConfig(initial_lowpass={lowpass}, poses="{poses}", symmetry="{symmetry}", relax_symmetry={relax})
@@ -203,8 +203,9 @@ if "{start}" == "particles":  # as the pipeline's --start particles: ab initio (
               "hand_margin": round(placed.hand_margin, 4)}}
 proposer = None
 if cfg.poses == "network":
-    first = lowpass_to_resolution(reference if start is None else start, px, cfg.initial_lowpass)
-    proposer = NetworkProposer(imaging_from_stack(blind, first, cfg.initial_lowpass), Path("{work}"))
+    from cryorient.refine.loop import first_map
+    first, lp = first_map(reference, start, px, cfg)
+    proposer = NetworkProposer(imaging_from_stack(blind, first, lp), Path("{work}"))
 per_round = []
 def judge(r, rot):
     per_round.append(round(evaluate_poses(nearest_mates(rot, truth.rotations, judge_group), None, truth,

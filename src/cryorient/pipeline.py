@@ -187,7 +187,7 @@ class RefineStageResult:
     started_from_particles: bool = False
     matches_reference: bool = True
     placement_hand_margin: float | None = None  # how clearly the reference picked the hand
-    reference_resolution_angstrom: float | None = None  # the reference trusted to (if not the start's)
+    reference_resolution_angstrom: float | None = None  # the reference trusted to (--initial-lowpass)
     median_error_deg: float | None = None
     mean_error_deg: float | None = None
     p90_error_deg: float | None = None
@@ -371,10 +371,9 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
                                   f"{rc.initial_lowpass:.0f} Å; hand margin {100 * margin:.1f}%)")
     proposer = None
     if rc.poses == "network":
-        from .refine.loop import INDEPENDENT_START_LOWPASS
+        from .refine.loop import first_map
 
-        lp = rc.initial_lowpass if start is None else min(rc.initial_lowpass, INDEPENDENT_START_LOWPASS)
-        first = lowpass_to_resolution(reference if start is None else start, blind.pixel_size, lp)
+        first, lp = first_map(reference, start, blind.pixel_size, rc)
         imaging = imaging_from_stack(blind, first, lp,
                                      generator=torch.Generator().manual_seed(cfg.seed))
         proposer = NetworkProposer(imaging, d / "networks", rc.train_minutes, rc.finetune_minutes, seed=cfg.seed,
@@ -391,7 +390,7 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
                             fsc_vs_reference_at_start=round(result.reference_agreement, 3),
                             started_from_particles=result.independent_start,
                             matches_reference=result.matches_reference, placement_hand_margin=margin,
-                            reference_resolution_angstrom=rc.initial_lowpass if start is not None else None)
+                            reference_resolution_angstrom=result.trusted_resolution)
     if truth is not None:
         # poses are defined modulo the point group (unless it was relaxed): judge the mate
         # closest to the truth

@@ -65,7 +65,8 @@ from ..volumes import (
 log = logging.getLogger(__name__)
 SIGNAL_SHELLS = 3
 # With a start made from the particles alone, the final map must agree with the reference at
-# least this well (lowest FSC up to the start resolution) for a resolution to be reported.
+# least this well (lowest FSC up to ``initial_lowpass``, where the reference is trusted) for a
+# resolution to be reported.
 MATCH_FSC = 0.5
 # A start made from the particles is low-passed to this (or to ``initial_lowpass`` if finer),
 # whatever the reference is trusted to: the ab initio map is good to about 18 Å. Started at
@@ -154,7 +155,8 @@ class RefineResult:
     @property
     def matches_reference(self) -> bool:
         """After an independent start: the particles' map agrees with the reference up to the
-        start resolution (:data:`MATCH_FSC`). From the reference itself: not tested (True)."""
+        resolution it is trusted to (:data:`MATCH_FSC`). From the reference itself: not tested
+        (True)."""
         return not self.independent_start or self.reference_agreement >= MATCH_FSC
 
     @property
@@ -255,10 +257,21 @@ PLACEMENT_RESOLUTION = 25.0
 def place_in_reference_frame(volume: torch.Tensor, reference: torch.Tensor, pixel_size: float
                              ) -> tuple[torch.Tensor, MapAlignment]:
     """``volume`` (a map of the particles alone, in a frame and hand of its own) rotated,
-    mirrored and shifted onto ``reference`` at :data:`PLACEMENT_RESOLUTION` or coarser: the
-    ``start`` of :func:`refine`. The alignment's ``hand_margin`` says how clearly the
-    reference decided the hand."""
+    mirrored and shifted onto ``reference`` at :data:`PLACEMENT_RESOLUTION`: the ``start`` of
+    :func:`refine`. The alignment's ``hand_margin`` says how clearly the reference decided the
+    hand."""
     return align_onto(volume, reference, pixel_size, resolution=PLACEMENT_RESOLUTION)
+
+
+def first_map(reference: torch.Tensor, start: torch.Tensor | None, pixel_size: float, cfg: RefineConfig
+              ) -> tuple[torch.Tensor, float]:
+    """The map round 0 starts from and its resolution (Å): ``start`` (a placed map of the
+    particles) low-passed to the finer of ``cfg.initial_lowpass`` and
+    :data:`INDEPENDENT_START_LOWPASS`, or else the reference low-passed to ``cfg.initial_lowpass``."""
+    if start is None:
+        return lowpass_to_resolution(reference.float(), pixel_size, cfg.initial_lowpass), cfg.initial_lowpass
+    resolution = min(cfg.initial_lowpass, INDEPENDENT_START_LOWPASS)
+    return lowpass_to_resolution(start.float(), pixel_size, resolution), resolution
 
 
 def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
@@ -269,8 +282,7 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
     """Refine ``stack`` (blind, with half sets) from ``reference`` (a volume on the stack's grid,
     in the frame the poses are wanted in), or from ``start`` (a map made from the particles
     alone, already in the reference's frame and hand; the reference is then only compared
-    with). The reference is low-passed to ``cfg.initial_lowpass`` first, a start to that or
-    :data:`INDEPENDENT_START_LOWPASS`, whichever is finer. ``proposer`` (when ``cfg.poses`` is ``network``)
+    with). Round 0's map is :func:`first_map`. ``proposer`` (when ``cfg.poses`` is ``network``)
     proposes poses each round; the global search stands in when it is weak. ``on_round(r,
     rotations)`` sees each round's poses (benchmarks judge them; the loop does not).
 
@@ -284,8 +296,8 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
     box, px = stack.box, stack.pixel_size
     group = point_group(cfg.symmetry)
     independent = start is not None
-    first = min(cfg.initial_lowpass, INDEPENDENT_START_LOWPASS) if independent else cfg.initial_lowpass
-    start = symmetrise(lowpass_to_resolution((start if independent else reference).float(), px, first), group)
+    start, first = first_map(reference, start, px, cfg)
+    start = symmetrise(start, group)
     radius = particle_radius(start) * px
     state = _State(torch.eye(3).repeat(stack.n, 1, 1), torch.zeros(stack.n, 2), [start, start], first)
     records: list[RoundRecord] = []
