@@ -107,7 +107,7 @@ def old_train(tmp: Path, star: Path, minutes: float) -> dict:
     """The previous commit's ``cryorient train`` for about ``minutes`` (its epochs are fixed: we
     give it the number it does in that time, measured from its first epoch)."""
     tree = tmp / "old"
-    if not tree.exists():
+    if not tree.exists():  # (run from a copy that is not a git checkout: make this worktree first)
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), OLD_COMMIT], check=True,
                        capture_output=True)
     env = {**__import__("os").environ, "PYTHONPATH": str(tree / "src")}
