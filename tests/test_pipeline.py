@@ -60,7 +60,8 @@ def denovo_run(tmp_path_factory, monkeypatch_module):
 def mismatch_run(tmp_path_factory, monkeypatch_module):
     """Particles of 1ake, reference 1a28 (another protein), round 0 from the particles' own map."""
     return _run(tmp_path_factory, "mismatch", [*DENOVO, "--reference", "1a28", "--start", "particles",
-                                                "--abinitio-seeds", "1"])
+                                                "--abinitio-seeds", "1", "--abinitio-iterations", "8",
+                                                "--max-rounds", "1"])
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,7 @@ def test_a_reference_of_another_protein_gets_no_resolution(mismatch_run):
     s = json.loads((out / "summary.json").read_text())
     assert s["started_from_particles"] and not s["matches_reference"]
     assert s.get("resolution_angstrom") is None and s["placement_hand_margin"] is not None
-    assert s["fsc_vs_reference_at_start"] < 0.5, s  # measured 0.28 (the lowest shell up to 25 Å)
+    assert s["fsc_vs_reference_at_start"] < 0.5, s  # measured 0.33 (the lowest shell up to 25 Å)
 
 
 def test_rerun_skips_everything_and_config_reproduces(pipeline_run, tmp_path):

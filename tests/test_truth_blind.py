@@ -87,7 +87,7 @@ def test_run_is_blind(stars, tmp_path, method, monkeypatch):
     monkeypatch.setenv("CRYORIENT_CACHE", str(tmp_path / "cache"))
     _, full, blind = stars
     # refine: round 0 from the particles' own map (ab initio), put in the reference's frame
-    extra = (["--poses", "search", "--max-rounds", "2", "--start", "particles", "--abinitio-seeds", "1",
+    extra = (["--poses", "search", "--max-rounds", "1", "--start", "particles", "--abinitio-seeds", "1",
               "--abinitio-iterations", "8"] if method == "refine"
              else [*TRAIN[:2], "--steps-per-epoch", "4", "--train-batch-size", "16", "--width", "8",
                    "--input-size", "16", "--restarts", "1", "--refine-rounds", "1", "--ambiguity-images", "200"])

@@ -129,20 +129,31 @@ class FourierAccumulator:
 
 def backproject(batches: Iterable[Batch], rotations: torch.Tensor, origins_px: torch.Tensor | None,
                 pixel_size: float, box: int, progress: Callable[[int], None] | None = None,
-                device=None, operators: torch.Tensor | None = None) -> FourierAccumulator:
+                device=None, operators: torch.Tensor | None = None,
+                spread: tuple[torch.Tensor, torch.Tensor] | None = None) -> FourierAccumulator:
     """A new accumulator holding every batch, each image along ``rotations[batch.indices]``
     shifted by ``origins_px[batch.indices]`` (RELION origins in pixels of these images). With
     a point group's ``operators (G, 3, 3)``, each image is inserted along every ``S R`` (the
-    symmetrised reconstruction, as RELION's)."""
+    symmetrised reconstruction, as RELION's). With ``spread = (deltas (J, 3, 3), weights (N,
+    J))``, each image is inserted along every ``R @ deltas[j]`` with weight ``weights[i, j]``
+    (its pose marginalised over a local neighbourhood, as in expectation-maximisation)."""
     acc = FourierAccumulator.empty(box, device=device)
+    deltas, weights = spread if spread is not None else (None, None)
     for b in batches:
         t = torch.as_tensor(b.indices)
         origins = None if origins_px is None else origins_px[t]
         rot = rotations[t]
+        inserted = 0
         for op in (operators.to(rot) if operators is not None else [None]):
-            acc.insert(b.images, rot if op is None else op @ rot, origins, b.ctf, pixel_size)
-        if operators is not None:
-            acc.n_images -= (len(operators) - 1) * len(b.indices)
+            r_op = rot if op is None else op @ rot
+            if deltas is None:
+                acc.insert(b.images, r_op, origins, b.ctf, pixel_size)
+                inserted += 1
+                continue
+            for j, d in enumerate(deltas.to(rot)):
+                acc.insert(b.images, r_op @ d, origins, b.ctf, pixel_size, weights=weights[t, j])
+                inserted += 1
+        acc.n_images -= (inserted - 1) * len(b.indices)
         if progress is not None:
             progress(len(b.indices))
     return acc
@@ -152,7 +163,9 @@ def half_accumulators(make_batches: Callable[[np.ndarray], Iterable[Batch]],
                       halves: tuple[np.ndarray, np.ndarray], rotations: torch.Tensor,
                       origins_px: torch.Tensor | None, pixel_size: float, box: int,
                       progress: Callable[[int], None] | None = None, device=None,
-                      operators: torch.Tensor | None = None) -> tuple[FourierAccumulator, FourierAccumulator]:
+                      operators: torch.Tensor | None = None,
+                      spread: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[FourierAccumulator, FourierAccumulator]:
     """One accumulator per half set: ``make_batches(indices)`` reads the particles of each."""
     return tuple(backproject(make_batches(h), rotations, origins_px, pixel_size, box, progress, device,
-                             operators) for h in halves)
+                             operators, spread) for h in halves)

@@ -11,7 +11,11 @@ the particles' own structure, with two independent half sets.
                 it cannot be trusted. The candidate that scores best against the map wins.
       local     rotations by gradient ascent of the NCC, translations by cross-correlation
     both halves: reconstruct each half map at full size; their FSC at 0.143 is the next
-    round's resolution. Stop when it has not improved by 2% for ``stop_rounds`` rounds.
+    round's resolution. The maps the next round aligns against insert each image along a
+    3 x 3 x 3 grid of poses about its own, weighted by its tempered likelihood (a local
+    marginalisation, as RELION's expectation step: a map of hard poses holds each particle's
+    own noise where it is and the poses stall). Stop when the resolution has not improved by
+    2% for ``stop_rounds`` rounds and the poses have settled.
 
 Round 0 starts both halves from the same low-passed reference (as RELION does), or from a map
 made from the particles alone and put in the reference's frame and hand (``start``: the
@@ -73,6 +77,10 @@ MATCH_FSC = 0.5
 # 60 Å, because the reference was a 60 Å map, the loop lost its first rounds and settled at
 # 10.8° (3kpr_single, N = 2000, SNR 1/16; bench/refine.py --start particles).
 INDEPENDENT_START_LOWPASS = 40.0
+# The local marginalisation's grid step (degrees): the resolution over 3 radii of gyration
+# (4.8 deg for 3kpr_single at 10 Å), at most this. Uncapped, the coarse rounds' wide spreads
+# (19 deg at 40 Å) slowed the loop (16.2 deg after round 1 against 8.6; box 32, N = 2000).
+SPREAD_MAX_DEG = 5.0
 
 
 @dataclass(frozen=True)
@@ -172,8 +180,9 @@ class RefineResult:
                        f"({self.start_resolution:.0f} Å): the data hold no signal at the reference's "
                        "resolution; no resolution is reported")
         if not self.matches_reference:
+            agreement = round(self.reference_agreement, 3)  # as the summary shows it
             out.append(f"the map made from the particles does not match the reference (lowest FSC "
-                       f"{self.reference_agreement:.2f} up to {self.trusted_resolution:.0f} Å, below {MATCH_FSC}): "
+                       f"{agreement:.2f} up to {self.trusted_resolution:.0f} Å, below {MATCH_FSC}): "
                        "the particles are not the reference's object (another protein, state or "
                        "preparation?); no resolution is reported: check the reference, or run without it")
         return out
@@ -189,6 +198,16 @@ def particle_radius(volume: torch.Tensor, fraction: float = 0.99) -> float:
     cum = torch.cumsum(mass[order], 0)
     k = int(torch.searchsorted(cum, fraction * cum[-1]))
     return float(r[order][min(k, r.numel() - 1)])
+
+
+def radius_of_gyration(volume: torch.Tensor, floor: float = 0.05) -> float:
+    """RMS distance (px) from the centre of the density above ``floor`` x its maximum."""
+    box = volume.shape[-1]
+    c = torch.arange(box, dtype=torch.float32) - box // 2
+    r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+    v = volume.float().cpu()
+    mass = torch.where(v > floor * v.max(), v, torch.zeros_like(v))
+    return float(((mass * r2).sum() / mass.sum().clamp_min(1e-12)).sqrt())
 
 
 def round_size(box: int, pixel_size: float, resolution: float, cfg: RefineConfig) -> int:
@@ -231,6 +250,31 @@ def local_confidence(images: torch.Tensor, ctf: CTFParams | None, pixel_size: fl
     scores = torch.stack([_score_pose(images, ctf, pixel_size, prepared, rotations @ d, origins_px, cutoff)
                           for d in deltas], dim=1)
     return torch.softmax(0.5 * k_real * scores.clamp_min(0) ** 2, dim=1)[:, 0]
+
+
+# A 3 x 3 x 3 grid of small rotations (rotation vectors in units of the step) about a pose.
+_LOCAL_GRID = torch.tensor([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)],
+                           dtype=torch.float32)
+
+
+def local_deltas(step_deg: float) -> torch.Tensor:
+    """The 27 rotations ``exp(step * g)`` of the local grid ``g`` (identity included)."""
+    return roma.rotvec_to_rotmat(_LOCAL_GRID * math.radians(step_deg))
+
+
+def local_posterior(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
+                    rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float, step_deg: float,
+                    temperature: float) -> torch.Tensor:
+    """Weights ``(n, 27)`` of each image over the poses ``R @ local_deltas(step)``: the
+    white-noise likelihood ``exp(K ncc^2 / 2)`` (as :func:`local_confidence`) tempered by
+    ``temperature`` and normalised."""
+    from ..imaging.search import band
+
+    _, weights = band(images.shape[-1], cutoff)
+    k_real = float(weights.sum())
+    scores = torch.stack([_score_pose(images, ctf, pixel_size, prepared, rotations @ d, origins_px, cutoff)
+                          for d in local_deltas(step_deg).to(rotations)], dim=1)
+    return torch.softmax(temperature * 0.5 * k_real * scores.clamp_min(0) ** 2, dim=1)
 
 
 @dataclass
@@ -299,16 +343,17 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
     start, first = first_map(reference, start, px, cfg)
     start = symmetrise(start, group)
     radius = particle_radius(start) * px
+    gyration = radius_of_gyration(start) * px
     state = _State(torch.eye(3).repeat(stack.n, 1, 1), torch.zeros(stack.n, 2), [start, start], first)
     records: list[RoundRecord] = []
     ops = group.ops() if group.order > 1 else None
-    state = _rounds(stack, state, cfg, cfg.max_rounds, radius, ops, None, proposer, device, progress, on_round,
-                    records)
+    state = _rounds(stack, state, cfg, cfg.max_rounds, radius, gyration, ops, None, proposer, device, progress,
+                    on_round, records)
     if cfg.relax_symmetry and group.order > 1:
         # C1 half maps from one pose per particle, then mates compete against them
         state.maps = list(_half_maps(stack, stack.half_sets(), state.rot, state.origins, cfg, device, None))
-        state = _rounds(stack, state, cfg, cfg.max_rounds, radius, None, group.ops(), proposer, device, progress,
-                        on_round, records)
+        state = _rounds(stack, state, cfg, cfg.max_rounds, radius, gyration, None, group.ops(), proposer, device,
+                        progress, on_round, records)
         ops = None
     # final: both halves, FSC, filtered map, confidence at the final sampling
     halves = stack.half_sets()
@@ -327,10 +372,11 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
 
 
 def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: int, radius: float,
-            ops: torch.Tensor | None, mates: torch.Tensor | None, proposer: PoseProposer | None, device,
-            progress, on_round, records: list[RoundRecord]) -> _State:
-    """Rounds until convergence (see the module docstring). ``ops``: the point group the maps
-    are symmetrised with; ``mates``: symmetry operators whose mates ``S R`` compete as
+            gyration: float, ops: torch.Tensor | None, mates: torch.Tensor | None, proposer: PoseProposer | None,
+            device, progress, on_round, records: list[RoundRecord]) -> _State:
+    """Rounds until convergence (see the module docstring). ``radius``, ``gyration``: the
+    particle's radius and radius of gyration (Å) from the start map; ``ops``: the point group
+    the maps are symmetrised with; ``mates``: symmetry operators whose mates ``S R`` compete as
     candidates (the relaxation)."""
     box, px = stack.box, stack.pixel_size
     halves = stack.half_sets()
@@ -345,6 +391,9 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
         cutoff = min(0.5, px_s / res)
         new_rot, new_origins = state.rot.clone(), state.origins.clone()
         proposals, val_medians, step = [], [], None
+        # each particle's pose marginalised over a local grid for the next round's maps
+        spread_step = min(math.degrees(res / (3 * gyration)), SPREAD_MAX_DEG)
+        spread = torch.zeros(stack.n, len(_LOCAL_GRID)) if cfg.marginal_temperature > 0 else None
         for h, idx in enumerate(halves):
             images = fourier_resize(stack.images.read(idx), s).to(device)
             ctf_h = subset(ctf, idx)
@@ -384,6 +433,9 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
             if cfg.local_steps > 0:
                 r_h, o_h = refine_poses(images, ctf_h, px_s, prepared, r_h, o_h, cutoff, cfg.local_steps)
             new_rot[t_idx], new_origins[t_idx] = r_h.cpu(), (o_h * px_s).cpu()
+            if spread is not None:
+                spread[t_idx] = local_posterior(images, ctf_h, px_s, prepared, r_h, o_h, cutoff, spread_step,
+                                                cfg.marginal_temperature).cpu()
             proposals.append(how)
             if progress is not None:
                 progress(f"round {r}, half {h + 1}: {how}")
@@ -393,7 +445,10 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
             on_round(r, state.rot)
         h1, h2 = _half_maps(stack, halves, state.rot, state.origins, cfg, device, ops)
         resolution = resolution_at(corrected_fsc(h1, h2, mask), box, px, 0.143)
-        state.maps = [h1, h2]
+        # the resolution is that of the maps of the poses themselves; the next round aligns
+        # against maps of the poses marginalised locally (see RefineConfig.marginal_temperature)
+        state.maps = [h1, h2] if spread is None else list(_half_maps(
+            stack, halves, state.rot, state.origins, cfg, device, ops, (local_deltas(spread_step), spread)))
         records.append(RoundRecord(r, res, resolution.angstrom, s, "/".join(proposals), step, change,
                                    time.perf_counter() - t0, tuple(val_medians) if val_medians else None))
         log.info("round %d: aligned at %.1f Å (%d px, %s), half maps %.2f Å, median change %.1f°, %.0f s",
@@ -412,10 +467,14 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
 
 
 def _half_maps(stack: ParticleStack, halves, rot: torch.Tensor, origins: torch.Tensor, cfg: RefineConfig,
-               device, ops: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               device, ops: torch.Tensor | None = None, spread: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     px = stack.pixel_size
+    if spread is not None:
+        spread = (spread[0].to(device), spread[1].to(device))
     accs = half_accumulators(lambda i: stack_batches(stack, cfg.batch_size, i, device=device), halves,
-                             rot.to(device), (origins / px).to(device), px, stack.box, device=device, operators=ops)
+                             rot.to(device), (origins / px).to(device), px, stack.box, device=device, operators=ops,
+                             spread=spread)
     return accs[0].finalize(cfg.wiener).cpu(), accs[1].finalize(cfg.wiener).cpu()
 
 
