@@ -3,6 +3,7 @@ with, on the same machine in one run.
 
     python bench/train_speed.py                      # everything (about 2 h on 2 cores)
     python bench/train_speed.py --only demo          # or: proteins finetune seed
+    python bench/train_speed.py --only proteins --structures 3kpr 1ake_adk_closed --ctf yes
 
 Cases (box 64, SNR 1/16, shifts up to 4 px):
 - demo: the demo's setting (3kpr_single, 2.5 Å/px, CTF); the new training for ``--demo-minutes``
@@ -156,10 +157,12 @@ def demo(tmp: Path, minutes: float) -> list[dict]:
 PROTEINS = [("medium", "3kpr", "('A', 'B')"), ("small", "1ake_adk_closed", "None"), ("small", "3q4oA", "None")]
 
 
-def proteins(tmp: Path, minutes: float) -> list[dict]:
+def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tuple[bool, ...]) -> list[dict]:
     rows = []
     for size, structure, chains in PROTEINS:
-        for ctf in (False, True):
+        if structures and structure not in structures:
+            continue
+        for ctf in ctfs:
             name = f"{structure}_{'ctf' if ctf else 'noctf'}"
             sim = tmp / name
             run_isolated(SIMULATE.format(out=sim, structure=structure, px=1.5, chains=chains, n=2000, snr="1/16",
@@ -250,6 +253,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="budget of the protein cases")
     ap.add_argument("--seed-minutes", type=float, default=15.0)
     ap.add_argument("--seed-map", default=str(REPO.parent / "shared" / "structures" / "5j0n_seed_map.mrc"))
+    ap.add_argument("--structures", nargs="*", default=None, help="of the protein cases (default: all three)")
+    ap.add_argument("--ctf", choices=("both", "yes", "no"), default="both", help="protein cases: CTF, none, both")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-train-"))
@@ -266,7 +271,8 @@ def main() -> None:
                                       ("minutes_to_0.21", "min to MAE 0.21"), ("peak_rss_gib", "peak GiB")],
                     f"Demo setting, {args.demo_minutes:g} min of training each")
     if wanted("proteins"):
-        results["proteins"] = proteins(tmp, args.minutes)
+        ctfs = {"both": (False, True), "yes": (True,), "no": (False,)}[args.ctf]
+        results["proteins"] = proteins(tmp, args.minutes, args.structures, ctfs)
         print_table(results["proteins"], [("protein", "protein"), ("ctf", "CTF"), ("train_min", "train min"),
                                           ("val_median_deg", "val median °"), ("network_deg", "network °"),
                                           ("network_refined_deg", "+ local refinement °"),
