@@ -421,8 +421,8 @@ class RefineConfig:
     # Each round's maps for the next round's alignment insert every image along a 3 x 3 x 3 grid
     # of poses about its own (step: the resolution over 3 x the particle's radius of gyration,
     # at most 5 deg), weighted by the white-noise likelihood tempered by this factor (0: the
-    # pose alone). A map
-    # of hard poses holds each particle's own noise at its pose, which keeps it there: the loop
+    # pose alone). A map of hard poses holds each particle's own noise at its pose, which keeps
+    # it there: the loop
     # settled at 4.2 deg where the true map gives 2.1 (3kpr_single, N = 2000, box 32,
     # bench/refine.py). The untempered likelihood is far too sharp (97% on the pose at a
     # 2.5 deg step; RELION's posterior there spreads over ~6 samples at 1.9 deg).

@@ -235,21 +235,30 @@ def _score_pose(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, 
     return out
 
 
-def local_confidence(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
-                     rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float, step_deg: float
-                     ) -> torch.Tensor:
-    """Posterior mass of each pose against its 12 neighbours (rotations by +-step about each
-    axis, twice): ``exp(K ncc^2 / 2)`` normalised (see :mod:`cryorient.imaging.search`)."""
+def _posterior(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
+               rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float, deltas: torch.Tensor,
+               temperature: float = 1.0) -> torch.Tensor:
+    """Weights ``(n, J)`` of each image over the poses ``R @ deltas[j]``: the white-noise
+    likelihood ``exp(K ncc^2 / 2)`` (K: the real degrees of freedom in the band, see
+    :mod:`cryorient.imaging.search`) tempered by ``temperature`` and normalised."""
     from ..imaging.search import band
 
     _, weights = band(images.shape[-1], cutoff)
     k_real = float(weights.sum())
+    scores = torch.stack([_score_pose(images, ctf, pixel_size, prepared, rotations @ d, origins_px, cutoff)
+                          for d in deltas.to(rotations)], dim=1)
+    return torch.softmax(temperature * 0.5 * k_real * scores.clamp_min(0) ** 2, dim=1)
+
+
+def local_confidence(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
+                     rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float, step_deg: float
+                     ) -> torch.Tensor:
+    """Posterior mass of each pose against its 12 neighbours (rotations by +-step about each
+    axis, twice)."""
     axes = torch.cat([torch.eye(3), -torch.eye(3)])
     deltas = torch.cat([torch.eye(3)[None], roma.rotvec_to_rotmat(axes * math.radians(step_deg)),
                         roma.rotvec_to_rotmat(axes * math.radians(2 * step_deg))])  # (13, 3, 3)
-    scores = torch.stack([_score_pose(images, ctf, pixel_size, prepared, rotations @ d, origins_px, cutoff)
-                          for d in deltas], dim=1)
-    return torch.softmax(0.5 * k_real * scores.clamp_min(0) ** 2, dim=1)[:, 0]
+    return _posterior(images, ctf, pixel_size, prepared, rotations, origins_px, cutoff, deltas)[:, 0]
 
 
 # A 3 x 3 x 3 grid of small rotations (rotation vectors in units of the step) about a pose.
@@ -260,21 +269,6 @@ _LOCAL_GRID = torch.tensor([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) fo
 def local_deltas(step_deg: float) -> torch.Tensor:
     """The 27 rotations ``exp(step * g)`` of the local grid ``g`` (identity included)."""
     return roma.rotvec_to_rotmat(_LOCAL_GRID * math.radians(step_deg))
-
-
-def local_posterior(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
-                    rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float, step_deg: float,
-                    temperature: float) -> torch.Tensor:
-    """Weights ``(n, 27)`` of each image over the poses ``R @ local_deltas(step)``: the
-    white-noise likelihood ``exp(K ncc^2 / 2)`` (as :func:`local_confidence`) tempered by
-    ``temperature`` and normalised."""
-    from ..imaging.search import band
-
-    _, weights = band(images.shape[-1], cutoff)
-    k_real = float(weights.sum())
-    scores = torch.stack([_score_pose(images, ctf, pixel_size, prepared, rotations @ d, origins_px, cutoff)
-                          for d in local_deltas(step_deg).to(rotations)], dim=1)
-    return torch.softmax(temperature * 0.5 * k_real * scores.clamp_min(0) ** 2, dim=1)
 
 
 @dataclass
@@ -434,8 +428,8 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
                 r_h, o_h = refine_poses(images, ctf_h, px_s, prepared, r_h, o_h, cutoff, cfg.local_steps)
             new_rot[t_idx], new_origins[t_idx] = r_h.cpu(), (o_h * px_s).cpu()
             if spread is not None:
-                spread[t_idx] = local_posterior(images, ctf_h, px_s, prepared, r_h, o_h, cutoff, spread_step,
-                                                cfg.marginal_temperature).cpu()
+                spread[t_idx] = _posterior(images, ctf_h, px_s, prepared, r_h, o_h, cutoff,
+                                           local_deltas(spread_step), cfg.marginal_temperature).cpu()
             proposals.append(how)
             if progress is not None:
                 progress(f"round {r}, half {h + 1}: {how}")
