@@ -222,7 +222,11 @@ out = {{"seconds": round(seconds), "rounds": len(result.rounds), "signal": resul
         "fsc_vs_reference_beyond_start": round(float(vs_ref.max()), 3),
         "fsc_vs_reference_within_start": round(result.reference_agreement, 3),
         "fsc_vs_reference_shells": [round(float(x), 3) for x in vs_ref_curve[1:13]], "per_round_deg": per_round,
-        "proposals": result.rounds[-1].proposals}}
+        "proposals": result.rounds[-1].proposals,
+        "round_table": [{{"aligned_A": round(r.resolution_angstrom, 2),
+                         "half_maps_A": round(r.fsc_resolution_angstrom, 2), "size_px": r.size_px,
+                         "change_deg": round(r.angular_change_deg, 2),
+                         "seconds": round(r.seconds)}} for r in result.rounds]}}
 if not {noise}:
     ev = evaluate_poses(nearest_mates(result.rotations, truth.rotations, judge_group), result.origins_angstrom,
                         truth, px)

@@ -416,17 +416,22 @@ class RefineConfig:
     oversample: float = 1.25  # image size per round: Nyquist at resolution / (2 x this)
     min_size: int = 24  # px
     stop_rounds: int = 2  # stop after this many rounds without a 2% better resolution ...
-    converged_deg: float = 1.0  # ... once the poses moved less than this (median) in the last round
+    # ... once the poses moved less than this (median) in the last round. At 1 deg the loop
+    # stopped at 2.75 deg with the poses still improving (0.87 deg moved); at 0.5, one more
+    # round (26 s) gave 2.63 (3kpr_single, box 64, N = 2000, bench/refine.py --start particles).
+    converged_deg: float = 0.5
     max_gain: float = 1.5  # the alignment resolution improves by at most this factor per round
-    # Each round's maps for the next round's alignment insert every image along a 3 x 3 x 3 grid
-    # of poses about its own (step: the resolution over 3 x the particle's radius of gyration,
-    # at most 5 deg), weighted by the white-noise likelihood tempered by this factor (0: the
-    # pose alone). A map of hard poses holds each particle's own noise at its pose, which keeps
-    # it there: the loop
-    # settled at 4.2 deg where the true map gives 2.1 (3kpr_single, N = 2000, box 32,
-    # bench/refine.py). The untempered likelihood is far too sharp (97% on the pose at a
-    # 2.5 deg step; RELION's posterior there spreads over ~6 samples at 1.9 deg).
-    marginal_temperature: float = 0.05
+    # Each round's maps for the next round's alignment spread every pose evenly over a
+    # 3 x 3 x 3 grid of poses about it (step: the resolution over 3 x the particle's radius of
+    # gyration, at most this many degrees; 0: the poses alone). A map of hard poses holds each
+    # particle's own noise at its pose, which keeps it there: the loop settled at 4.2 deg where
+    # the true map gives 2.1 (3kpr_single, N = 2000, box 32, bench/refine.py). Steps of 1.5,
+    # 2.5 and 4 deg gave 3.8, 3.4 and 2.9 deg; uncapped, the coarse rounds' wide spreads (19 deg
+    # at 40 Å) slowed the loop (16.2 deg after round 1 against 8.6). Weighting the 27 poses by
+    # each image's likelihood (tempered by 0.05; untempered it is far too sharp) gave 2.93 deg,
+    # even weights 2.91-2.99: the spread is a blur of the accumulated sums
+    # (FourierAccumulator.rotation_averaged), whatever the number of particles.
+    spread_max_deg: float = 5.0
     wiener: float = DEFAULT_WIENER
     batch_size: int = 512
     symmetry: str = "C1"  # point group (RELION's names); the maps are symmetrised
@@ -444,7 +449,7 @@ class RefineConfig:
         require_positive(self.finetune_minutes, "fine-tuning budget (minutes)")
         _integer(self.stop_rounds, "stop rounds", 1)
         require(self.max_gain > 1, "the resolution gain per round must be > 1")
-        require(self.marginal_temperature >= 0, "the marginalisation temperature must be >= 0")
+        require(self.spread_max_deg >= 0, "the pose spread's step must be >= 0 degrees")
         _integer(self.min_size, "minimum image size", 16)
 
 

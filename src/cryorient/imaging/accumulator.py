@@ -99,6 +99,30 @@ class FourierAccumulator:
                     self.data.index_add_(0, idx, (row_zy * wx).reshape(-1, 3))
         self.n_images += images.shape[0]
 
+    def rotation_averaged(self, rotations: torch.Tensor) -> FourierAccumulator:
+        """A new accumulator holding the mean of these sums rotated by each of ``rotations
+        (J, 3, 3)`` (trilinear resampling): the reconstruction in which every image was inserted
+        along ``D R`` for each ``D``, with weight ``1 / J``. For a set of small rotations whose
+        distribution is isotropic (``R D R^T`` distributed as ``D``) this equals inserting
+        along ``R D``: each pose spread over its neighbourhood, at the cost of ``J``
+        resamplings of the grid instead of ``J`` insertions of every image."""
+        box = self.box
+        q = 2 * box + 1
+        grid = self.data.view(q, q, q, 3).permute(3, 0, 1, 2)[None]  # (1, 3, z, y, x)
+        c = torch.arange(q, dtype=self.data.dtype, device=self.data.device) - box
+        out = torch.empty_like(self.data).view(q, q, q, 3)
+        rotations = rotations.to(self.data)
+        for z0 in range(0, q, 16):  # slabs of output planes bound the memory
+            zz, yy, xx = torch.meshgrid(c[z0:z0 + 16], c, c, indexing="ij")
+            k = torch.stack([xx, yy, zz], dim=-1)  # xyz, in units of the padded grid
+            total = torch.zeros(3, *k.shape[:3], dtype=self.data.dtype, device=self.data.device)
+            for rot in rotations:
+                # the value at k comes from rot^T k; grid_sample's coordinates run over [-1, 1]
+                total += torch.nn.functional.grid_sample(grid, (k @ rot / box)[None], mode="bilinear",
+                                                         padding_mode="zeros", align_corners=True)[0]
+            out[z0:z0 + 16] = (total / len(rotations)).permute(1, 2, 3, 0)
+        return FourierAccumulator(box, out.view(-1, 3), self.n_images)
+
     def finalize(self, wiener: float = DEFAULT_WIENER) -> torch.Tensor:
         """The reconstructed volume ``(D, D, D)`` from the accumulated sums.
 
@@ -129,31 +153,21 @@ class FourierAccumulator:
 
 def backproject(batches: Iterable[Batch], rotations: torch.Tensor, origins_px: torch.Tensor | None,
                 pixel_size: float, box: int, progress: Callable[[int], None] | None = None,
-                device=None, operators: torch.Tensor | None = None,
-                spread: tuple[torch.Tensor, torch.Tensor] | None = None) -> FourierAccumulator:
+                device=None, operators: torch.Tensor | None = None) -> FourierAccumulator:
     """A new accumulator holding every batch, each image along ``rotations[batch.indices]``
     shifted by ``origins_px[batch.indices]`` (RELION origins in pixels of these images). With
     a point group's ``operators (G, 3, 3)``, each image is inserted along every ``S R`` (the
-    symmetrised reconstruction, as RELION's). With ``spread = (deltas (J, 3, 3), weights (N,
-    J))``, each image is inserted along every ``R @ deltas[j]`` with weight ``weights[i, j]``
-    (its pose marginalised over a local neighbourhood, as in expectation-maximisation)."""
+    symmetrised reconstruction, as RELION's)."""
     acc = FourierAccumulator.empty(box, device=device)
-    deltas, weights = spread if spread is not None else (None, None)
     for b in batches:
         t = torch.as_tensor(b.indices)
         origins = None if origins_px is None else origins_px[t]
         rot = rotations[t]
-        inserted = 0
-        for op in (operators.to(rot) if operators is not None else [None]):
-            r_op = rot if op is None else op @ rot
-            if deltas is None:
-                acc.insert(b.images, r_op, origins, b.ctf, pixel_size)
-                inserted += 1
-                continue
-            for j, d in enumerate(deltas.to(rot)):
-                acc.insert(b.images, r_op @ d, origins, b.ctf, pixel_size, weights=weights[t, j])
-                inserted += 1
-        acc.n_images -= (inserted - 1) * len(b.indices)
+        ops = operators.to(rot) if operators is not None else None
+        for op in (ops if ops is not None else [None]):
+            acc.insert(b.images, rot if op is None else op @ rot, origins, b.ctf, pixel_size)
+        if ops is not None:
+            acc.n_images -= (len(ops) - 1) * len(b.indices)
         if progress is not None:
             progress(len(b.indices))
     return acc
@@ -163,9 +177,8 @@ def half_accumulators(make_batches: Callable[[np.ndarray], Iterable[Batch]],
                       halves: tuple[np.ndarray, np.ndarray], rotations: torch.Tensor,
                       origins_px: torch.Tensor | None, pixel_size: float, box: int,
                       progress: Callable[[int], None] | None = None, device=None,
-                      operators: torch.Tensor | None = None,
-                      spread: tuple[torch.Tensor, torch.Tensor] | None = None
+                      operators: torch.Tensor | None = None
                       ) -> tuple[FourierAccumulator, FourierAccumulator]:
     """One accumulator per half set: ``make_batches(indices)`` reads the particles of each."""
     return tuple(backproject(make_batches(h), rotations, origins_px, pixel_size, box, progress, device,
-                             operators, spread) for h in halves)
+                             operators) for h in halves)

@@ -11,11 +11,11 @@ the particles' own structure, with two independent half sets.
                 it cannot be trusted. The candidate that scores best against the map wins.
       local     rotations by gradient ascent of the NCC, translations by cross-correlation
     both halves: reconstruct each half map at full size; their FSC at 0.143 is the next
-    round's resolution. The maps the next round aligns against insert each image along a
-    3 x 3 x 3 grid of poses about its own, weighted by its tempered likelihood (a local
-    marginalisation, as RELION's expectation step: a map of hard poses holds each particle's
-    own noise where it is and the poses stall). Stop when the resolution has not improved by
-    2% for ``stop_rounds`` rounds and the poses have settled.
+    round's resolution. The maps the next round aligns against spread each pose evenly over a
+    3 x 3 x 3 grid of poses about it (a local marginalisation, as RELION's expectation step:
+    a map of hard poses holds each particle's own noise where it is and the poses stall).
+    Stop when the resolution has not improved by 2% for ``stop_rounds`` rounds and the poses
+    have settled.
 
 Round 0 starts both halves from the same low-passed reference (as RELION does), or from a map
 made from the particles alone and put in the reference's frame and hand (``start``: the
@@ -43,7 +43,7 @@ import torch
 from ..config import RefineConfig
 from ..ctf import CTFParams, subset
 from ..fourier import fourier_resize, fourier_resize_volume, lowpass_images
-from ..imaging.accumulator import half_accumulators
+from ..imaging.accumulator import FourierAccumulator, half_accumulators
 from ..imaging.align import refine_poses
 from ..imaging.batches import stack_batches
 from ..imaging.projector import prepare_volume
@@ -77,10 +77,6 @@ MATCH_FSC = 0.5
 # 60 Å, because the reference was a 60 Å map, the loop lost its first rounds and settled at
 # 10.8° (3kpr_single, N = 2000, SNR 1/16; bench/refine.py --start particles).
 INDEPENDENT_START_LOWPASS = 40.0
-# The local marginalisation's grid step (degrees): the resolution over 3 radii of gyration
-# (4.8 deg for 3kpr_single at 10 Å), at most this. Uncapped, the coarse rounds' wide spreads
-# (19 deg at 40 Å) slowed the loop (16.2 deg after round 1 against 8.6; box 32, N = 2000).
-SPREAD_MAX_DEG = 5.0
 
 
 @dataclass(frozen=True)
@@ -235,30 +231,22 @@ def _score_pose(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, 
     return out
 
 
-def _posterior(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
-               rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float, deltas: torch.Tensor,
-               temperature: float = 1.0) -> torch.Tensor:
-    """Weights ``(n, J)`` of each image over the poses ``R @ deltas[j]``: the white-noise
-    likelihood ``exp(K ncc^2 / 2)`` (K: the real degrees of freedom in the band, see
-    :mod:`cryorient.imaging.search`) tempered by ``temperature`` and normalised."""
-    from ..imaging.search import band
-
-    _, weights = band(images.shape[-1], cutoff)
-    k_real = float(weights.sum())
-    scores = torch.stack([_score_pose(images, ctf, pixel_size, prepared, rotations @ d, origins_px, cutoff)
-                          for d in deltas.to(rotations)], dim=1)
-    return torch.softmax(temperature * 0.5 * k_real * scores.clamp_min(0) ** 2, dim=1)
-
-
 def local_confidence(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
                      rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float, step_deg: float
                      ) -> torch.Tensor:
     """Posterior mass of each pose against its 12 neighbours (rotations by +-step about each
-    axis, twice)."""
+    axis, twice), under the white-noise likelihood ``exp(K ncc^2 / 2)`` (K: the real degrees
+    of freedom in the band, see :mod:`cryorient.imaging.search`)."""
+    from ..imaging.search import band
+
     axes = torch.cat([torch.eye(3), -torch.eye(3)])
     deltas = torch.cat([torch.eye(3)[None], roma.rotvec_to_rotmat(axes * math.radians(step_deg)),
                         roma.rotvec_to_rotmat(axes * math.radians(2 * step_deg))])  # (13, 3, 3)
-    return _posterior(images, ctf, pixel_size, prepared, rotations, origins_px, cutoff, deltas)[:, 0]
+    _, weights = band(images.shape[-1], cutoff)
+    k_real = float(weights.sum())
+    scores = torch.stack([_score_pose(images, ctf, pixel_size, prepared, rotations @ d, origins_px, cutoff)
+                          for d in deltas.to(rotations)], dim=1)
+    return torch.softmax(0.5 * k_real * scores.clamp_min(0) ** 2, dim=1)[:, 0]
 
 
 # A 3 x 3 x 3 grid of small rotations (rotation vectors in units of the step) about a pose.
@@ -345,15 +333,14 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
                     on_round, records)
     if cfg.relax_symmetry and group.order > 1:
         # C1 half maps from one pose per particle, then mates compete against them
-        state.maps = list(_half_maps(stack, stack.half_sets(), state.rot, state.origins, cfg, device, None))
+        state.maps = [a.finalize(cfg.wiener).cpu()
+                      for a in _half_accumulators(stack, stack.half_sets(), state.rot, state.origins, cfg, device)]
         state = _rounds(stack, state, cfg, cfg.max_rounds, radius, gyration, None, group.ops(), proposer, device,
                         progress, on_round, records)
         ops = None
     # final: both halves, FSC, filtered map, confidence at the final sampling
     halves = stack.half_sets()
-    acc1, acc2 = half_accumulators(lambda i: stack_batches(stack, cfg.batch_size, i, device=device), halves,
-                                   state.rot.to(device), (state.origins / px).to(device), px, box, device=device,
-                                   operators=ops)
+    acc1, acc2 = _half_accumulators(stack, halves, state.rot, state.origins, cfg, device, ops)
     h1, h2 = acc1.finalize(cfg.wiener).cpu(), acc2.finalize(cfg.wiener).cpu()
     curve = corrected_fsc(h1, h2, soft_sphere_mask(box))
     resolution = resolution_at(curve, box, px, 0.143)
@@ -385,9 +372,6 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
         cutoff = min(0.5, px_s / res)
         new_rot, new_origins = state.rot.clone(), state.origins.clone()
         proposals, val_medians, step = [], [], None
-        # each particle's pose marginalised over a local grid for the next round's maps
-        spread_step = min(math.degrees(res / (3 * gyration)), SPREAD_MAX_DEG)
-        spread = torch.zeros(stack.n, len(_LOCAL_GRID)) if cfg.marginal_temperature > 0 else None
         for h, idx in enumerate(halves):
             images = fourier_resize(stack.images.read(idx), s).to(device)
             ctf_h = subset(ctf, idx)
@@ -427,9 +411,6 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
             if cfg.local_steps > 0:
                 r_h, o_h = refine_poses(images, ctf_h, px_s, prepared, r_h, o_h, cutoff, cfg.local_steps)
             new_rot[t_idx], new_origins[t_idx] = r_h.cpu(), (o_h * px_s).cpu()
-            if spread is not None:
-                spread[t_idx] = _posterior(images, ctf_h, px_s, prepared, r_h, o_h, cutoff,
-                                           local_deltas(spread_step), cfg.marginal_temperature).cpu()
             proposals.append(how)
             if progress is not None:
                 progress(f"round {r}, half {h + 1}: {how}")
@@ -437,12 +418,14 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
         state.rot, state.origins, state.have_poses = new_rot, new_origins, True
         if on_round is not None:
             on_round(r, state.rot)
-        h1, h2 = _half_maps(stack, halves, state.rot, state.origins, cfg, device, ops)
+        accs = _half_accumulators(stack, halves, state.rot, state.origins, cfg, device, ops)
+        h1, h2 = (a.finalize(cfg.wiener).cpu() for a in accs)
         resolution = resolution_at(corrected_fsc(h1, h2, mask), box, px, 0.143)
         # the resolution is that of the maps of the poses themselves; the next round aligns
-        # against maps of the poses marginalised locally (see RefineConfig.marginal_temperature)
-        state.maps = [h1, h2] if spread is None else list(_half_maps(
-            stack, halves, state.rot, state.origins, cfg, device, ops, (local_deltas(spread_step), spread)))
+        # against maps with each pose spread over its neighbourhood (RefineConfig.spread_max_deg)
+        spread_step = min(math.degrees(res / (3 * gyration)), cfg.spread_max_deg)
+        state.maps = [h1, h2] if spread_step <= 0 else [
+            a.rotation_averaged(local_deltas(spread_step)).finalize(cfg.wiener).cpu() for a in accs]
         records.append(RoundRecord(r, res, resolution.angstrom, s, "/".join(proposals), step, change,
                                    time.perf_counter() - t0, tuple(val_medians) if val_medians else None))
         log.info("round %d: aligned at %.1f Å (%d px, %s), half maps %.2f Å, median change %.1f°, %.0f s",
@@ -460,16 +443,11 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
     return state
 
 
-def _half_maps(stack: ParticleStack, halves, rot: torch.Tensor, origins: torch.Tensor, cfg: RefineConfig,
-               device, ops: torch.Tensor | None = None, spread: tuple[torch.Tensor, torch.Tensor] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _half_accumulators(stack: ParticleStack, halves, rot: torch.Tensor, origins: torch.Tensor, cfg: RefineConfig,
+                       device, ops: torch.Tensor | None = None) -> tuple[FourierAccumulator, FourierAccumulator]:
     px = stack.pixel_size
-    if spread is not None:
-        spread = (spread[0].to(device), spread[1].to(device))
-    accs = half_accumulators(lambda i: stack_batches(stack, cfg.batch_size, i, device=device), halves,
-                             rot.to(device), (origins / px).to(device), px, stack.box, device=device, operators=ops,
-                             spread=spread)
-    return accs[0].finalize(cfg.wiener).cpu(), accs[1].finalize(cfg.wiener).cpu()
+    return half_accumulators(lambda i: stack_batches(stack, cfg.batch_size, i, device=device), halves,
+                             rot.to(device), (origins / px).to(device), px, stack.box, device=device, operators=ops)
 
 
 def _confidence(stack: ParticleStack, halves, maps, rot, origins, resolution: float, radius: float,
