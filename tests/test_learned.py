@@ -16,9 +16,9 @@ def learned(tmp_path_factory):
     code, _, err = run_cli("simulate", "--structure", "3kpr_single", "--box-size", 32, "--pixel-size", 6,
                            "--n-particles", 300, "--snr", 1, "--max-shift-px", 1, "--ctf", "--outdir", sim, "--quiet")
     assert code == 0, err
-    # 16 epochs of 100 steps (not a time budget: the same model on a slower machine)
+    # 10 epochs of 100 steps (not a time budget: the same model on a slower machine)
     code, stdout, err = run_cli("train", "--reference", "3kpr_single", "--particles", sim / "particles.star",
-                                "--max-epochs", 16, "--minutes", 30, "--outdir", root / "train", "--quiet")
+                                "--max-epochs", 10, "--minutes", 30, "--outdir", root / "train", "--quiet")
     assert code == 0, err
     return sim, root, stdout
 
@@ -27,7 +27,7 @@ def test_a_trained_model_is_not_called_weak(learned):
     _, root, stdout = learned
     assert "too weak" not in stdout, stdout
     last = json.loads((root / "train" / "metrics.jsonl").read_text().strip().splitlines()[-1])
-    assert last["epoch"] == 16 and last["val_median_deg"] < 20.0, last  # measured 9.3°
+    assert last["epoch"] == 10 and last["val_median_deg"] < 20.0, last  # measured 10.6° (9.3° at 16 epochs)
 
 
 def test_learned_distances_recover_and_beat_euclidean(learned):
@@ -39,5 +39,5 @@ def test_learned_distances_recover_and_beat_euclidean(learned):
         assert code == 0, err
         m = json.loads((root / name / "metrics.json").read_text())
         errors[name] = m["evaluation"]["rotation_error"]["median_deg"]
-    assert errors["model"] < 8.0, errors  # measured 3.9° (9.5° before local refinement)
-    assert errors["euclidean"] > 5 * errors["model"], errors  # measured 126.5° against 3.9°
+    assert errors["model"] < 8.0, errors  # measured 4.9° (3.9° at 16 epochs)
+    assert errors["euclidean"] > 5 * errors["model"], errors  # measured 126.5° against 4.9°

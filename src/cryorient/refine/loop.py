@@ -385,7 +385,7 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
             if mates is not None:
                 for k, op in enumerate(mates[1:].to(r_h)):
                     candidates[f"mate {k + 1}"] = (op @ r_h, o_h)
-            elif not state.have_poses or res >= cfg.search_until_angstrom:
+            elif not state.have_poses or res > cfg.search_until_angstrom:
                 step = search_step(res, radius, cfg)
                 # the first search looks for the particles' offsets too; later ones around the
                 # current origins
