@@ -19,7 +19,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
         description="Simulate 5000 particles of the default structure (3kpr_single, 64 px, 2.5 Å/px, "
                     "SNR 1/16, CTF, shifts up to 4 px), make an initial map from the particles alone, put "
                     "it in the structure's frame and hand, refine with independent half sets, evaluate "
-                    "against the truth and write report.html (about 20 minutes on two cores; "
+                    "against the truth and write report.html (about 11 minutes on two cores; "
                     "--start reference refines from the structure low-passed to 40 Å instead). Any "
                     "'run' option changes the setting, e.g. --method distances for the original method.",
         formatter_class=HelpFormatter)
