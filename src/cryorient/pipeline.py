@@ -186,6 +186,8 @@ class RefineStageResult:
     # nothing else); then the map must match the reference for a resolution to be reported
     started_from_particles: bool = False
     matches_reference: bool = True
+    # the two half maps determine the same poses for the same particles (else: chosen by noise)
+    poses_agree: bool = True
     placement_hand_margin: float | None = None  # how clearly the reference picked the hand
     reference_resolution_angstrom: float | None = None  # the reference trusted to (--initial-lowpass)
     median_error_deg: float | None = None
@@ -389,7 +391,8 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
                             float(beyond.max()) if beyond.size else 0.0, result.warnings() + _hand_warning(margin),
                             fsc_vs_reference_at_start=round(result.reference_agreement, 3),
                             started_from_particles=result.independent_start,
-                            matches_reference=result.matches_reference, placement_hand_margin=margin,
+                            matches_reference=result.matches_reference, poses_agree=result.poses_agree,
+                            placement_hand_margin=margin,
                             reference_resolution_angstrom=result.trusted_resolution)
     if truth is not None:
         # poses are defined modulo the point group (unless it was relaxed): judge the mate
@@ -598,6 +601,9 @@ def three_line_summary(summary: RunSummary, outdir: Path) -> list[str]:
                     f"{r.truth_reference_resolution_angstrom:.1f} Å)" if r.resolution_vs_truth_angstrom else "")
         if r.resolution_angstrom is not None:
             lines.append(f"map: {r.resolution_angstrom:.1f} Å (gold-standard FSC 0.143){vs_truth}; {report}")
+        elif not r.poses_agree:
+            lines.append(f"map: NO RESOLUTION: the two half maps do not determine the same poses (chosen by "
+                         f"noise: the particles cannot be aligned against this reference){vs_truth}; {report}")
         elif not r.matches_reference:
             lines.append(f"map: NO RESOLUTION: the particles' map does not match the reference (FSC "
                          f"{r.fsc_vs_reference_at_start:.2f} up to "

@@ -47,7 +47,8 @@ def write_refinement(result: RefineResult, stack: ParticleStack, outdir: Path) -
     figs = outdir / "figures"
     res = result.resolution
     label = (f"{res.angstrom:.1f} Å @0.143" if result.reportable
-             else "not the reference's object" if result.signal else "no signal beyond the start")
+             else "no signal beyond the start" if not result.signal
+             else "poses chosen by noise" if not result.poses_agree else "not the reference's object")
     plots.curves([("half maps", freqs, result.fsc_halves), ("map vs reference", freqs, result.fsc_reference)],
                  figs / "fsc.png", "spatial frequency (1/Å)", "FSC",
                  title="Gold-standard FSC (independent half sets)", hlines=[(0.143, "0.143"), (0.5, "0.5")],
@@ -75,6 +76,8 @@ def write_refinement(result: RefineResult, stack: ParticleStack, outdir: Path) -
         "fsc_vs_reference_at_start": round(result.reference_agreement, 3),
         "started_from_particles": result.independent_start,
         "matches_reference": result.matches_reference,
+        "half_maps_poses_apart_deg": None if np.isnan(result.cross_half_deg) else round(result.cross_half_deg, 2),
+        "half_maps_poses_agree": result.poses_agree,
         "confidence_median": float(np.median(conf)),
         "warnings": result.warnings(),
         "per_round": rows,
