@@ -55,7 +55,7 @@ from ..imaging.translation import translation
 from ..particles import ParticleStack
 from ..so3 import grid as so3_grid
 from ..so3 import rotmat_angle, rotmat_distance
-from ..symmetry import asymmetric_unit
+from ..symmetry import PointGroup, asymmetric_unit, nearest_mates
 from ..volumes import (
     MapAlignment,
     Resolution,
@@ -405,7 +405,7 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
     if progress is not None:
         progress("checking that the two half maps determine the same poses")
     apart, step = _cross_half_poses(stack, halves, [h1, h2], state.origins, resolution.angstrom, radius, cfg,
-                                    device, ops)
+                                    device, group if ops is not None else point_group("C1"))
     log.info("the half maps' poses for the same particles: median %.1f° apart (grid step %.1f°)", apart, step)
     return replace(result, cross_half_deg=apart, cross_half_step_deg=step)
 
@@ -534,9 +534,9 @@ def _confidence(stack: ParticleStack, halves, maps, rot, origins, resolution: fl
 
 
 def _cross_half_poses(stack: ParticleStack, halves, maps, origins: torch.Tensor, resolution: float, radius: float,
-                      cfg: RefineConfig, device, ops: torch.Tensor | None) -> tuple[float, float]:
+                      cfg: RefineConfig, device, group: PointGroup) -> tuple[float, float]:
     """Median angle (°) between the best grid poses of a sample of each half's particles
-    against the two half maps (modulo the maps' point group ``ops``), and the grid step
+    against the two half maps (modulo the maps' point ``group``), and the grid step
     (:attr:`RefineResult.poses_agree`)."""
     box, px = stack.box, stack.pixel_size
     res = max(resolution, CROSS_CHECK_ANGSTROM)
@@ -545,8 +545,8 @@ def _cross_half_poses(stack: ParticleStack, halves, maps, origins: torch.Tensor,
     cutoff = min(0.5, px_s / res)
     step = max(search_step(res, radius, cfg), CROSS_CHECK_MIN_STEP_DEG)
     grid = so3_grid(step)
-    if ops is not None:
-        grid = grid[asymmetric_unit(grid, ops, math.radians(step / 4))]
+    if group.order > 1:
+        grid = grid[asymmetric_unit(grid, group.ops(), math.radians(step / 4))]
     grid = grid.to(device)
     prepared = [prepare_volume(fourier_resize_volume(lowpass_to_resolution(m, px, res), s).to(device)) for m in maps]
     apart = []
@@ -557,8 +557,7 @@ def _cross_half_poses(stack: ParticleStack, halves, maps, origins: torch.Tensor,
         o = (origins[torch.as_tensor(idx)] / px_s).to(device)
         a, b = (global_search(images, ctf, px_s, p, grid, cutoff, 1.5, origins_px=o).rotations.cpu()
                 for p in prepared)
-        mates = (ops.to(a) if ops is not None else torch.eye(3)[None]) @ a[:, None]  # (n, G, 3, 3)
-        apart.append(rotmat_angle(b[:, None].transpose(-1, -2) @ mates).min(dim=1).values)
+        apart.append(rotmat_angle(b.transpose(-1, -2) @ nearest_mates(a, b, group)))
     return float(torch.rad2deg(torch.cat(apart).median())), step
 
 
