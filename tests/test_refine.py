@@ -128,6 +128,17 @@ def test_agreement_that_climbs_after_the_first_round_is_not_signal():
     chosen_by_noise = replace(agreeing, cross_half_deg=128.0)
     assert chosen_by_noise.signal and not chosen_by_noise.poses_agree and not chosen_by_noise.reportable
     assert "do not determine the same poses" in chosen_by_noise.warnings()[0]
+    # after an independent start, the particles' map must match the reference up to the start
+    # (lowest FSC over the shells up to 40 Å: at box 32, 3 Å/px, those at 96 and 48 Å)
+    def against_reference(lowest):
+        shells = np.ones(box // 2 + 1)
+        shells[2] = lowest
+        return replace(agreeing, independent_start=True, fsc_reference=shells)
+
+    assert against_reference(0.74).reportable  # the lowest measured for the particles' own structure
+    other = against_reference(0.536)  # 1a28's particles against the 3kpr reference, N = 5000 (bench)
+    assert not other.matches_reference and not other.reportable
+    assert "does not match the reference" in other.warnings()[0]
 
 
 def test_align_maps_recovers_rotation_hand_and_shift(volume):
