@@ -93,7 +93,7 @@ def relion_case(tmp: Path, name: str, n: int) -> dict:
     seconds = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     maps = sorted((work / "out").glob("run_it*_class001.mrc"))
-    judged = run_isolated(RELION_JUDGE.format(truth=sim / "volume.mrc", map=maps[-1], px=px))
+    judged = run_isolated(RELION_JUDGE.format(truth=sim / "volume.mrc", map=maps[-1], px=px), usage=False)
     return {"structure": name, "method": "RELION 3.1 SGD initial model", "abinitio_seconds": round(seconds),
             "cpu_seconds": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime), **judged}
 

@@ -27,10 +27,11 @@ def machine() -> dict:
     }
 
 
-def run_isolated(code: str, timeout: float | None = None) -> dict:
+def run_isolated(code: str, timeout: float | None = None, usage: bool = True) -> dict:
     """Run Python ``code`` in a fresh interpreter; it must print one JSON object on its last
     line. Adds ``peak_rss_gib`` (the child's maximum resident set size) and ``cpu_seconds`` (its
-    CPU time over all threads)."""
+    CPU time over all threads) unless ``usage`` is False (a judge of another program's output,
+    whose own usage must not stand in for that program's)."""
     wrapper = code + (
         "\nimport resource as _r, json as _j, sys as _s\n"
         "_u = _r.getrusage(_r.RUSAGE_SELF)\n"
@@ -42,9 +43,10 @@ def run_isolated(code: str, timeout: float | None = None) -> dict:
         raise RuntimeError(f"benchmark case failed:\n{proc.stderr[-2000:]}")
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
     result = json.loads(lines[-2])
-    usage = json.loads(lines[-1])
-    result["peak_rss_gib"] = round(usage["__rss_kib"] / 2**20, 3)
-    result["cpu_seconds"] = round(usage["__cpu_s"])  # all threads: comparable when the cores were shared
+    if usage:
+        used = json.loads(lines[-1])
+        result["peak_rss_gib"] = round(used["__rss_kib"] / 2**20, 3)
+        result["cpu_seconds"] = round(used["__cpu_s"])  # all threads: comparable when the cores were shared
     return result
 
 

@@ -323,7 +323,8 @@ print(json.dumps({{"median_deg": round(ev.median_deg, 2), "hand": ev.metrics()["
 def judge_relion(sim: Path, data_star: Path, model_star: Path, symmetry: str) -> dict:
     """RELION's poses (``run[_itNNN]_data.star``) judged as cryorient's are; its resolution from the
     model STAR (a half's ``run_itNNN_half1_model.star`` for an iteration of an unfinished run)."""
-    return run_isolated(RELION_JUDGE.format(sim=sim, data_star=data_star, model_star=model_star, symmetry=symmetry))
+    return run_isolated(RELION_JUDGE.format(sim=sim, data_star=data_star, model_star=model_star, symmetry=symmetry),
+                        usage=False)
 
 
 def relion_inputs(sim: Path, work: Path, box: int = 64) -> None:
