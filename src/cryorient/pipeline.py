@@ -188,7 +188,11 @@ class RefineStageResult:
     matches_reference: bool = True
     # the two half maps determine the same poses for the same particles (else: chosen by noise)
     poses_agree: bool = True
-    placement_hand_margin: float | None = None  # how clearly the reference picked the hand
+    placement_hand_margin: float | None = None  # how clearly the reference picked the initial map's hand
+    # the final map's hand check (negative: the other hand fits better) and whether the loop ran
+    # again from the final map in the other hand (refine.loop.refine)
+    final_hand_margin: float | None = None
+    hand_restarted: bool = False
     reference_resolution_angstrom: float | None = None  # the reference trusted to (--initial-lowpass)
     median_error_deg: float | None = None
     mean_error_deg: float | None = None
@@ -388,11 +392,13 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
     beyond = result.fsc_reference[freqs > 1.0 / rc.initial_lowpass]
     out = RefineStageResult(len(result.rounds), result.resolution.angstrom,
                             metrics["resolution_angstrom"], result.start_resolution, metrics["confidence_median"],
-                            float(beyond.max()) if beyond.size else 0.0, result.warnings() + _hand_warning(margin),
+                            float(beyond.max()) if beyond.size else 0.0, result.warnings(),
                             fsc_vs_reference_at_start=round(result.reference_agreement, 3),
                             started_from_particles=result.independent_start,
                             matches_reference=result.matches_reference, poses_agree=result.poses_agree,
                             placement_hand_margin=margin,
+                            final_hand_margin=None if math.isnan(result.hand_margin) else round(result.hand_margin, 4),
+                            hand_restarted=result.hand_restarted,
                             reference_resolution_angstrom=result.trusted_resolution)
     if truth is not None:
         # poses are defined modulo the point group (unless it was relaxed): judge the mate
