@@ -255,8 +255,11 @@ class RunSummary:
 
 
 def _hand_warning(margin: float | None) -> list[str]:
-    """A hand picked by the map's correlation with the reference by less than 2%."""
-    if margin is None or margin >= 0.02:
+    """A hand picked by the map's correlation with the reference by less than
+    :data:`~cryorient.volumes.THIN_HAND_MARGIN`."""
+    from .volumes import THIN_HAND_MARGIN
+
+    if margin is None or margin >= THIN_HAND_MARGIN:
         return []
     return [f"the hand was decided by a thin margin ({100 * margin:.1f}% between the two hands' map "
             "correlations with the reference)"]

@@ -125,6 +125,11 @@ def rotate_volume(volume: torch.Tensor, rotation: torch.Tensor, mirror: bool = F
                                            padding_mode="zeros", align_corners=True)[0, 0]
 
 
+# Below this margin between the two hands' scores a hand is reported as decided by a thin
+# margin (a warning in the pipeline and the refinement).
+THIN_HAND_MARGIN = 0.02
+
+
 @dataclass(frozen=True)
 class MapAlignment:
     """``moving`` rotated by ``rotation`` (mirrored first when ``mirror``) and shifted by

@@ -60,6 +60,7 @@ from ..so3 import grid as so3_grid
 from ..so3 import rotmat_angle, rotmat_distance
 from ..symmetry import PointGroup, asymmetric_unit, nearest_mates
 from ..volumes import (
+    THIN_HAND_MARGIN,
     MapAlignment,
     Resolution,
     align_maps,
@@ -97,9 +98,6 @@ MATCH_FSC = 0.65
 # 60 Å, because the reference was a 60 Å map, the loop lost its first rounds and settled at
 # 10.8° (3kpr_single, N = 2000, SNR 1/16; bench/refine.py --start particles).
 INDEPENDENT_START_LOWPASS = 40.0
-# Below this margin between the two hands' correlations with the reference the hand is
-# reported as decided by a thin margin (a warning).
-THIN_HAND_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -413,7 +411,8 @@ def refine(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig,
         if progress is not None:
             progress("the other hand fits the reference better: refining again from the final map in that hand")
         start = rotate_volume(result.map, hand.rotation, True, hand.shift_px)
-        result, restarted = _refine_once(stack, reference, cfg, proposer, device, progress, on_round, start), True
+        result = _refine_once(stack, reference, cfg, proposer, device, progress, on_round, start)
+        restarted = True
         if not result.signal:
             return replace(result, hand_restarted=True)
         hand = check_hand(result.map, reference, stack.pixel_size, cfg.symmetry)
