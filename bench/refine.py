@@ -45,6 +45,9 @@ from common import print_table, run_isolated, write_results
 STRUCTURES = {
     "3kpr_single": {"structure": "3kpr_single", "chains": None, "px": 2.5, "moving": ("D", "E"), "missing": "E"},
     "3kpr_AB": {"structure": "3kpr", "chains": ("A", "B"), "px": 2.0, "moving": ("B",), "missing": "B"},
+    # the whole entry: two TCR-peptide-MHC complexes (~200 kDa, 198 Å across) related by a
+    # 2-fold screw (22 Å along the axis): no point group; for issue 14's third structure
+    "3kpr_full": {"structure": "3kpr", "chains": None, "px": 4.0, "moving": None, "missing": None},
     "1ake": {"structure": "1ake_adk_closed", "chains": None, "px": 1.5, "moving": None, "missing": None},
     # exact oligomers of a library chain (3q4oA) by the group's operators, in RELION's frame
     "C2": {"structure": "oligomer:C2", "chains": None, "px": 2.0, "moving": None, "missing": None, "sym": "C2"},
@@ -217,6 +220,8 @@ vs_ref_curve = result.fsc_reference  # FSC(map, reference), masked
 vs_ref = vs_ref_curve[shell_frequencies(blind.box, px) > 1.0 / cfg.initial_lowpass]
 out = {{"seconds": round(seconds), "rounds": len(result.rounds), "signal": result.signal, **extra,
         "matches_reference": result.matches_reference,
+        "final_hand_margin": None if math.isnan(result.hand_margin) else round(result.hand_margin, 4),
+        "hand_restarted": result.hand_restarted,
         "half_maps_poses_apart_deg": None if math.isnan(result.cross_half_deg) else round(result.cross_half_deg, 2),
         "cross_check_step_deg": None if math.isnan(result.cross_half_step_deg)
         else round(result.cross_half_step_deg, 2),
