@@ -227,3 +227,34 @@ def test_a_pose_spread_over_its_neighbourhood(volume):
     curve = fsc(blurred, hard.finalize())
     # measured 1.000 at shell 2 (32 Å), 0.95 at shell 13 (9.8 Å; 1ake is band-limited at 10 Å)
     assert curve[2] > 0.999 and curve[13] < 0.98, curve
+
+
+def test_a_half_that_drifted_into_the_other_hand_is_turned_back(volume):
+    """``reconcile_halves`` finds a half map in the other hand (or a frame turned outside the
+    group) and ``turn_poses`` gives that half's images the poses of the turned map; two maps
+    that agree are left alone."""
+    from cryorient.conventions import hand_matrix
+    from cryorient.imaging.render import render
+    from cryorient.refine.loop import StartFrame, reconcile_halves, turn_poses
+    from cryorient.symmetry import point_group
+
+    g = torch.Generator().manual_seed(5)
+    frame = StartFrame(volume, 40.0, point_group("C1"))
+    rot = so3.sample_rotations(1, g)[0]
+    noise = 0.05 * volume.std() * torch.randn(volume.shape, generator=g)
+    assert reconcile_halves(volume, volume + noise, frame, PX, 16.0) is None
+    poses = so3.sample_rotations(8, g)
+    for mirror in (False, True):
+        drifted = rotate_volume(volume, rot, mirror)
+        half, op, gain = reconcile_halves(volume, drifted, frame, PX, 16.0)
+        assert gain > 0.15, gain  # measured 0.40 (rotated) and 0.31 (mirrored)
+        assert (float(torch.linalg.det(op)) < 0) == mirror
+        # the turned half's map and poses: V(op^-1 x) with the poses turn_poses gives
+        moved, target = (drifted, volume) if half == 1 else (volume, drifted)
+        proper = op @ hand_matrix() if mirror else op
+        back = rotate_volume(moved, proper, mirror)
+        assert float(fsc(back, target, soft_sphere_mask(BOX))[1:6].min()) > 0.95  # measured 0.999
+        images = render(prepare_volume(moved), poses, None, None, PX)
+        turned = render(prepare_volume(back), turn_poses(poses, op), None, None, PX)
+        cc = float((images * turned).sum() / (images.norm() * turned.norm()))
+        assert cc > 0.95, cc  # measured 0.997

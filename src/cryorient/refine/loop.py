@@ -10,10 +10,14 @@ the particles' own structure, with two independent half sets.
                 on projections of that map made like the particles, unless its validation says
                 it cannot be trusted. The candidate that scores best against the map wins.
       local     rotations by gradient ascent of the NCC, translations by cross-correlation
-    both halves: reconstruct each half map at full size; their FSC at 0.143 is the next
-    round's resolution. The maps the next round aligns against spread each pose evenly over a
-    3 x 3 x 3 grid of poses about it (a local marginalisation, as RELION's expectation step:
-    a map of hard poses holds each particle's own noise where it is and the poses stall).
+    both halves: reconstruct each half map at full size; with a point group, a half that
+                drifted into the other hand or a frame turned outside the group (a start
+                pseudo-symmetric at its resolution) is turned back as a whole
+                (:func:`reconcile_halves`); the half maps' FSC at 0.143 is the next
+                round's resolution. The maps the next round aligns against spread each
+                pose evenly over a 3 x 3 x 3 grid of poses about it (a local
+                marginalisation, as RELION's expectation step: a map of hard poses holds
+                each particle's own noise where it is and the poses stall).
     Stop when the resolution has not improved by 2% for ``stop_rounds`` rounds and the poses
     have settled.
 
@@ -21,11 +25,12 @@ Round 0 starts both halves from the same low-passed reference (as RELION does), 
 made from the particles alone and put in the reference's frame and hand (``start``: the
 reference then shapes nothing but the frame, and the final map's agreement with it is a test
 of whether the particles are what the reference says); from then on nothing of one half
-reaches the other. The poses stay in the reference's frame and hand: after an independent
-start the hand is checked again at the end, on the final map (far clearer than the initial
-one), and if the other hand fits the reference better the loop runs once more from the final
-map put in the reference's hand (:func:`refine`). When
-the half maps do not agree beyond the start resolution after round 0 (or at the end), there
+reaches the other, but for the one discrete choice of :func:`reconcile_halves` with a point
+group (which of two pseudo-symmetric solutions a whole half is in). The poses stay in the
+reference's frame and hand: after an independent start the hand is checked again at the end,
+on the final map (far clearer than the initial one), and if the other hand fits the
+reference better the loop runs once more from the final map put in the reference's hand
+(:func:`refine`). When the half maps do not agree beyond the start resolution after round 0 (or at the end), there
 is no signal at the reference's resolution: the loop stops and the result says so instead of
 reporting a resolution (a noise stack aligned to a reference reproduces the reference below
 the start resolution only, but later rounds, aligning against that image, can push the
@@ -46,6 +51,7 @@ import roma
 import torch
 
 from ..config import RefineConfig
+from ..conventions import hand_matrix
 from ..ctf import CTFParams, subset
 from ..fourier import fourier_resize, fourier_resize_volume, lowpass_images
 from ..imaging.accumulator import FourierAccumulator, half_accumulators
@@ -353,6 +359,12 @@ PLACEMENT_RESOLUTION = 25.0
 # Margins of the right hand at 15 Å against references with chains moved by 30° or 5% extra
 # density: 16.0% and 18.8%; against a reference low-passed to 60 Å: 0.0% (no hand to find).
 HAND_CHECK_RESOLUTION = 15.0
+# two half maps best aligned by a rotation this far (°) from every element of the point group,
+# which raises their correlation by more than FRAME_TURN_GAIN, are in different frames
+# (:func:`reconcile_halves`): far beyond the alignment's scatter, and a pseudo-symmetry turns
+# by 60° or more
+FRAME_TURN_DEG = 30.0
+FRAME_TURN_GAIN = 0.01
 
 
 def place_in_reference_frame(volume: torch.Tensor, reference: torch.Tensor, pixel_size: float
@@ -432,6 +444,68 @@ def check_hand(volume: torch.Tensor, reference: torch.Tensor, pixel_size: float,
                       resolution=max(HAND_CHECK_RESOLUTION, 2 * pixel_size))
 
 
+@dataclass(frozen=True)
+class StartFrame:
+    """The frame both halves start in: the start map (symmetrised), the resolution it is
+    trusted to, and its point group (:func:`reconcile_halves`)."""
+
+    map: torch.Tensor
+    resolution: float
+    group: PointGroup
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor, pixel_size: float, resolution: float) -> float:
+    """Masked correlation of two maps low-passed at ``resolution`` Å."""
+    mask = soft_sphere_mask(a.shape[-1])
+    a = lowpass_to_resolution(a.float(), pixel_size, resolution) * mask
+    b = lowpass_to_resolution(b.float(), pixel_size, resolution) * mask
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
+
+
+def reconcile_halves(h1: torch.Tensor, h2: torch.Tensor, frame: StartFrame, pixel_size: float,
+                     resolution: float) -> tuple[int, torch.Tensor, float] | None:
+    """Which half settled in a frame or hand turned from the other's, and the operation that
+    brings it back (``(half, g, gain)``: the half's index 0 or 1, ``g`` a rotation or, for the
+    other hand, a rotation times the mirror ``J``; see :func:`turn_poses`), or None.
+
+    A symmetric start that is pseudo-symmetric at its resolution under operations outside its
+    group (a flat C4 ring of one library chain: turned upside down it agrees with itself to
+    FSC 0.96 at 43 Å and 0.03 at 26 Å, and it is nearly achiral at 40 Å) gives each half a
+    mixture; each half then drifts to one solution on its own, and the halves can drift apart:
+    the half maps disagree, the resolution stays coarse and the drifting half never settles
+    (measured: half 2 of the C4 ring settled in the other hand, 13.9° overall where half 1
+    reached 3.5°). As RELION joins the halves below 40 Å for the same reason in point-group
+    refinements (``--low_resol_join_halves``), the halves are compared here, for one discrete
+    choice: half 2's map is aligned onto half 1's at the round's resolution (either hand); the
+    other hand, or a rotation farther than :data:`FRAME_TURN_DEG` from every element of the
+    group, that raises their correlation by more than :data:`FRAME_TURN_GAIN` is such a drift.
+    The half whose map is the more alike under that operation is turned: it holds more of a
+    mixture of the two solutions (a map of one is unlike its turned self), and turned it joins
+    the other half's majority. No particle's pose comes from the other half: a whole half is
+    turned by one operation."""
+    a = align_maps(h2.float(), h1.float(), pixel_size, resolution=resolution)
+    ops = frame.group.ops().to(a.rotation)
+    if not a.mirror and float(torch.rad2deg(rotmat_distance(ops, a.rotation.expand_as(ops)).min())) <= FRAME_TURN_DEG:
+        return None
+    turned = rotate_volume(h2.float(), a.rotation, a.mirror, a.shift_px)
+    gain = _correlation(turned, h1, pixel_size, resolution) - _correlation(h2, h1, pixel_size, resolution)
+    if gain <= FRAME_TURN_GAIN:
+        return None
+    mixed = [_correlation(rotate_volume(h.float(), a.rotation, a.mirror), h, pixel_size, resolution) for h in (h1, h2)]
+    g = a.rotation @ hand_matrix(a.rotation.dtype) if a.mirror else a.rotation  # V -> V(g^-1 x)
+    return (1, g, gain) if mixed[1] >= mixed[0] else (0, torch.linalg.inv(g), gain)
+
+
+def turn_poses(rotations: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The poses of the same images for the map ``V(g^-1 x)`` (``g`` a rotation, or a rotation
+    times the mirror ``J``): ``g R``, or ``g R J`` for the other hand (:func:`rotate_volume`)."""
+    g = g.to(rotations)
+    if torch.linalg.det(g) > 0:
+        return g @ rotations
+    return g @ rotations @ hand_matrix(rotations.dtype, rotations.device)
+
+
 def _refine_once(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfig, proposer: PoseProposer | None,
                  device, progress: Callable[[str], None] | None, on_round: Callable[[int, torch.Tensor], None] | None,
                  start: torch.Tensor | None) -> RefineResult:
@@ -448,15 +522,16 @@ def _refine_once(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfi
     state = _State(torch.eye(3).repeat(stack.n, 1, 1), torch.zeros(stack.n, 2), [start, start], first)
     records: list[RoundRecord] = []
     ops = group.ops() if group.order > 1 else None
+    frame = StartFrame(start, first, group)
     state = _rounds(stack, state, cfg, cfg.max_rounds, radius, gyration, ops, None, proposer, device, progress,
-                    on_round, records)
+                    on_round, records, frame)
     if (cfg.relax_symmetry and group.order > 1 and records
             and agrees_beyond(records[0].fsc_resolution_angstrom, first, box, px)):
         # C1 half maps from one pose per particle, then mates compete against them
         state.maps = [a.finalize(cfg.wiener).cpu()
                       for a in _half_accumulators(stack, stack.half_sets(), state.rot, state.origins, cfg, device)]
         state = _rounds(stack, state, cfg, cfg.max_rounds, radius, gyration, None, group.ops(), proposer, device,
-                        progress, on_round, records)
+                        progress, on_round, records, frame)
         ops = None
     # final: both halves, FSC, filtered map, confidence at the final sampling
     halves = stack.half_sets()
@@ -482,11 +557,12 @@ def _refine_once(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfi
 
 def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: int, radius: float,
             gyration: float, ops: torch.Tensor | None, mates: torch.Tensor | None, proposer: PoseProposer | None,
-            device, progress, on_round, records: list[RoundRecord]) -> _State:
+            device, progress, on_round, records: list[RoundRecord], frame: StartFrame) -> _State:
     """Rounds until convergence (see the module docstring). ``radius``, ``gyration``: the
     particle's radius and radius of gyration (Å) from the start map; ``ops``: the point group
     the maps are symmetrised with; ``mates``: symmetry operators whose mates ``S R`` compete as
-    candidates (the relaxation)."""
+    candidates (the relaxation); ``frame``: the start's, which each half is kept in
+    (:func:`turn_back`)."""
     box, px = stack.box, stack.pixel_size
     halves = stack.half_sets()
     ctf = stack.ctf()
@@ -548,6 +624,17 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
             on_round(r, state.rot)
         accs = _half_accumulators(stack, halves, state.rot, state.origins, cfg, device, ops)
         h1, h2 = (a.finalize(cfg.wiener).cpu() for a in accs)
+        drift = reconcile_halves(h1, h2, frame, px, res) if frame.group.order > 1 else None
+        if drift is not None:
+            h, g, gain = drift
+            t_idx = torch.as_tensor(halves[h])
+            state.rot[t_idx] = turn_poses(state.rot[t_idx], g)
+            what = "the other hand" if torch.linalg.det(g) < 0 else "a frame turned from the other half's"
+            log.warning("round %d: half %d had drifted into %s (the start is pseudo-symmetric at its resolution); "
+                        "its poses were turned back (correlation +%.3f)", r, h + 1, what, gain)
+            proposals[h] += " (turned back)"
+            accs = _half_accumulators(stack, halves, state.rot, state.origins, cfg, device, ops)
+            h1, h2 = (a.finalize(cfg.wiener).cpu() for a in accs)
         resolution = resolution_at(corrected_fsc(h1, h2, mask), box, px, 0.143)
         # the resolution is that of the maps of the poses themselves; the next round aligns
         # against maps with each pose spread over its neighbourhood (RefineConfig.spread_max_deg)
