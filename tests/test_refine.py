@@ -235,18 +235,18 @@ def test_a_half_that_drifted_into_the_other_hand_is_turned_back(volume):
     that agree are left alone."""
     from cryorient.conventions import hand_matrix
     from cryorient.imaging.render import render
-    from cryorient.refine.loop import StartFrame, reconcile_halves, turn_poses
+    from cryorient.refine.loop import reconcile_halves, turn_poses
     from cryorient.symmetry import point_group
 
     g = torch.Generator().manual_seed(5)
-    frame = StartFrame(volume, 40.0, point_group("C1"))
+    c1 = point_group("C1")
     rot = so3.sample_rotations(1, g)[0]
     noise = 0.05 * volume.std() * torch.randn(volume.shape, generator=g)
-    assert reconcile_halves(volume, volume + noise, frame, PX, 16.0) is None
+    assert reconcile_halves(volume, volume + noise, c1, PX, 16.0) is None
     poses = so3.sample_rotations(8, g)
     for mirror in (False, True):
         drifted = rotate_volume(volume, rot, mirror)
-        half, op, gain = reconcile_halves(volume, drifted, frame, PX, 16.0)
+        half, op, gain = reconcile_halves(volume, drifted, c1, PX, 16.0)
         assert gain > 0.15, gain  # measured 0.40 (rotated) and 0.31 (mirrored)
         assert (float(torch.linalg.det(op)) < 0) == mirror
         # the turned half's map and poses: V(op^-1 x) with the poses turn_poses gives

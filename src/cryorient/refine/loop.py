@@ -30,11 +30,11 @@ group (which of two pseudo-symmetric solutions a whole half is in). The poses st
 reference's frame and hand: after an independent start the hand is checked again at the end,
 on the final map (far clearer than the initial one), and if the other hand fits the
 reference better the loop runs once more from the final map put in the reference's hand
-(:func:`refine`). When the half maps do not agree beyond the start resolution after round 0 (or at the end), there
-is no signal at the reference's resolution: the loop stops and the result says so instead of
-reporting a resolution (a noise stack aligned to a reference reproduces the reference below
-the start resolution only, but later rounds, aligning against that image, can push the
-agreement further round by round: :attr:`RefineResult.signal`).
+(:func:`refine`). When the half maps do not agree beyond the start resolution after round 0
+(or at the end), there is no signal at the reference's resolution: the loop stops and the
+result says so instead of reporting a resolution (a noise stack aligned to a reference
+reproduces the reference below the start resolution only, but later rounds, aligning against
+that image, can push the agreement further round by round: :attr:`RefineResult.signal`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from ..imaging.translation import translation
 from ..particles import ParticleStack
 from ..so3 import grid as so3_grid
 from ..so3 import rotmat_angle, rotmat_distance
-from ..symmetry import PointGroup, asymmetric_unit, nearest_mates
+from ..symmetry import PointGroup, asymmetric_unit, nearest_mates, symmetric_distance
 from ..volumes import (
     THIN_HAND_MARGIN,
     MapAlignment,
@@ -444,16 +444,6 @@ def check_hand(volume: torch.Tensor, reference: torch.Tensor, pixel_size: float,
                       resolution=max(HAND_CHECK_RESOLUTION, 2 * pixel_size))
 
 
-@dataclass(frozen=True)
-class StartFrame:
-    """The frame both halves start in: the start map (symmetrised), the resolution it is
-    trusted to, and its point group (:func:`reconcile_halves`)."""
-
-    map: torch.Tensor
-    resolution: float
-    group: PointGroup
-
-
 def _correlation(a: torch.Tensor, b: torch.Tensor, pixel_size: float, resolution: float) -> float:
     """Masked correlation of two maps low-passed at ``resolution`` Å."""
     mask = soft_sphere_mask(a.shape[-1])
@@ -463,7 +453,7 @@ def _correlation(a: torch.Tensor, b: torch.Tensor, pixel_size: float, resolution
     return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
 
 
-def reconcile_halves(h1: torch.Tensor, h2: torch.Tensor, frame: StartFrame, pixel_size: float,
+def reconcile_halves(h1: torch.Tensor, h2: torch.Tensor, group: PointGroup, pixel_size: float,
                      resolution: float) -> tuple[int, torch.Tensor, float] | None:
     """Which half settled in a frame or hand turned from the other's, and the operation that
     brings it back (``(half, g, gain)``: the half's index 0 or 1, ``g`` a rotation or, for the
@@ -485,8 +475,7 @@ def reconcile_halves(h1: torch.Tensor, h2: torch.Tensor, frame: StartFrame, pixe
     the other half's majority. No particle's pose comes from the other half: a whole half is
     turned by one operation."""
     a = align_maps(h2.float(), h1.float(), pixel_size, resolution=resolution)
-    ops = frame.group.ops().to(a.rotation)
-    if not a.mirror and float(torch.rad2deg(rotmat_distance(ops, a.rotation.expand_as(ops)).min())) <= FRAME_TURN_DEG:
+    if not a.mirror and math.degrees(float(symmetric_distance(torch.eye(3), a.rotation, group))) <= FRAME_TURN_DEG:
         return None
     turned = rotate_volume(h2.float(), a.rotation, a.mirror, a.shift_px)
     gain = _correlation(turned, h1, pixel_size, resolution) - _correlation(h2, h1, pixel_size, resolution)
@@ -522,16 +511,15 @@ def _refine_once(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfi
     state = _State(torch.eye(3).repeat(stack.n, 1, 1), torch.zeros(stack.n, 2), [start, start], first)
     records: list[RoundRecord] = []
     ops = group.ops() if group.order > 1 else None
-    frame = StartFrame(start, first, group)
     state = _rounds(stack, state, cfg, cfg.max_rounds, radius, gyration, ops, None, proposer, device, progress,
-                    on_round, records, frame)
+                    on_round, records, group)
     if (cfg.relax_symmetry and group.order > 1 and records
             and agrees_beyond(records[0].fsc_resolution_angstrom, first, box, px)):
         # C1 half maps from one pose per particle, then mates compete against them
         state.maps = [a.finalize(cfg.wiener).cpu()
                       for a in _half_accumulators(stack, stack.half_sets(), state.rot, state.origins, cfg, device)]
         state = _rounds(stack, state, cfg, cfg.max_rounds, radius, gyration, None, group.ops(), proposer, device,
-                        progress, on_round, records, frame)
+                        progress, on_round, records, group)
         ops = None
     # final: both halves, FSC, filtered map, confidence at the final sampling
     halves = stack.half_sets()
@@ -557,12 +545,12 @@ def _refine_once(stack: ParticleStack, reference: torch.Tensor, cfg: RefineConfi
 
 def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: int, radius: float,
             gyration: float, ops: torch.Tensor | None, mates: torch.Tensor | None, proposer: PoseProposer | None,
-            device, progress, on_round, records: list[RoundRecord], frame: StartFrame) -> _State:
+            device, progress, on_round, records: list[RoundRecord], group: PointGroup) -> _State:
     """Rounds until convergence (see the module docstring). ``radius``, ``gyration``: the
     particle's radius and radius of gyration (Å) from the start map; ``ops``: the point group
     the maps are symmetrised with; ``mates``: symmetry operators whose mates ``S R`` compete as
-    candidates (the relaxation); ``frame``: the start's, which each half is kept in
-    (:func:`turn_back`)."""
+    candidates (the relaxation); ``group``: the run's point group, also during the relaxation
+    (:func:`reconcile_halves`)."""
     box, px = stack.box, stack.pixel_size
     halves = stack.half_sets()
     ctf = stack.ctf()
@@ -624,7 +612,7 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
             on_round(r, state.rot)
         accs = _half_accumulators(stack, halves, state.rot, state.origins, cfg, device, ops)
         h1, h2 = (a.finalize(cfg.wiener).cpu() for a in accs)
-        drift = reconcile_halves(h1, h2, frame, px, res) if frame.group.order > 1 else None
+        drift = reconcile_halves(h1, h2, group, px, res) if group.order > 1 else None
         if drift is not None:
             h, g, gain = drift
             t_idx = torch.as_tensor(halves[h])
