@@ -5,6 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pytest-xdist workers for `make test` (one thread each, tests/conftest.py); 0 runs in-process
+TEST_WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := relion chromium chromium-driver
 
@@ -31,7 +33,7 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 
 test: setup system-deps lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: setup
 	$(BIN)/cryorient demo --outdir runs/demo --overwrite

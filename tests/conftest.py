@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -10,6 +11,25 @@ import torch
 
 from cryorient.config import DensityConfig
 from cryorient.density import load_volume
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers, one per core) each worker computes on
+    one thread, and so do the command-line runs it starts: two workers of two threads each on
+    two cores would contend."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_model_cache(tmp_path_factory):
+    """Trained models are cached in a directory of this session, never in the user's cache: a
+    model cached by an earlier run must not change what a test measures."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CRYORIENT_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="session")
