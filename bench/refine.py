@@ -234,6 +234,7 @@ out = {{"seconds": round(seconds), "rounds": len(result.rounds), "signal": resul
         "round_table": [{{"aligned_A": round(r.resolution_angstrom, 2),
                          "half_maps_A": round(r.fsc_resolution_angstrom, 2), "size_px": r.size_px,
                          "change_deg": round(r.angular_change_deg, 2),
+                         "turned_back": "turned back" in r.proposals,
                          "seconds": round(r.seconds)}} for r in result.rounds]}}
 if not {noise}:
     ev = evaluate_poses(nearest_mates(result.rotations, truth.rotations, judge_group), result.origins_angstrom,
