@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import roma
 import torch
 
 from cryorient import so3
@@ -44,6 +45,29 @@ def test_global_search_finds_clean_poses(volume):
     shift_err = (found.shifts_px - truth.shifts_px).norm(dim=1)
     assert float(shift_err.median()) < 1.0
     assert float(found.confidence.median()) > 0.5  # clean images: one pose stands out
+
+
+def test_local_search_corrects_poses_within_its_radius(volume):
+    """Poses 8-12° off, clean centred images: the search of the 15° about each (3° lattice)
+    brings them back to the lattice's precision; the true pose itself stays put."""
+    from cryorient.imaging.search import local_grid, local_search
+
+    stack, truth = _stack(volume, 40, math.inf, shift=0.0)
+    g = torch.Generator().manual_seed(2)
+    axis = torch.nn.functional.normalize(torch.randn(40, 3, generator=g), dim=1)
+    angle = torch.deg2rad(8 + 4 * torch.rand(40, 1, generator=g))
+    start = truth.rotations @ roma.rotvec_to_rotmat(axis * angle)
+    deltas = local_grid(15.0, 3.0)
+    assert deltas.shape[0] == 515 and torch.allclose(deltas[257], torch.eye(3))  # the identity, centred
+    found = local_search(stack.images.read(), stack.ctf(), PX, prepare_volume(volume), start, deltas,
+                         cutoff=0.3, max_shift_px=2.0)
+    err = torch.rad2deg(so3.rotmat_distance(found.rotations, truth.rotations))
+    assert float(err.median()) < 2.5, err  # measured 1.53 (from 9.9); 4.7 with shifts of up to 1 px
+    # against the 1 px shift grid: half a pixel at 4 Å/px moves the rim as much as ~6°
+    assert float((found.shifts_px - truth.shifts_px).norm(dim=1).median()) < 1.0
+    again = local_search(stack.images.read(), stack.ctf(), PX, prepare_volume(volume), truth.rotations,
+                         local_grid(6.0, 3.0), cutoff=0.3, max_shift_px=2.0)
+    assert float(torch.rad2deg(so3.rotmat_distance(again.rotations, truth.rotations)).median()) < 1.0
 
 
 def test_refinement_from_a_lowpassed_reference(volume):

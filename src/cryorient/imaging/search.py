@@ -1,5 +1,6 @@
 """Global search: every particle scored against projections of a map on an orientation grid
-(and a few translations), exhaustively, in batches.
+(and a few translations), exhaustively, in batches. Local search: each particle scored against
+its own neighbourhood of poses (a lattice of small rotations about its current pose).
 
 Scores are normalised cross-correlations computed in Fourier space over a band of
 frequencies (``0 < |k| <= cutoff``): for image ``X_i`` with CTF ``C_i``, projection ``P_m`` and
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import roma
 import torch
 
 from ..ctf import CTFParams, ctf_rfft, subset
@@ -73,8 +75,9 @@ def reference_spectra(prepared: PreparedVolume, rotations: torch.Tensor, mask: t
 
 def score_poses(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, refs: torch.Tensor,
                 shifts: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """NCC ``(B, T, M)`` of images ``(B, S, S)`` against reference band spectra ``(M, K)`` at
-    translations ``(T, 2)`` (the content displaced by ``t``)."""
+    """NCC ``(B, T, M)`` of images ``(B, S, S)`` against reference band spectra at translations
+    ``(T, 2)`` (the content displaced by ``t``): the same references for every image ``(M, K)``,
+    or references of their own ``(B, M, K)`` (a local search)."""
     box = images.shape[-1]
     x = rfft2_centered(images.float())[:, mask]  # (B, K)
     c = (ctf_rfft(ctf, box, pixel_size, device=x.device)[:, mask] if ctf is not None
@@ -83,11 +86,26 @@ def score_poses(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, 
     ramps = _ramps(shifts, box, mask)  # (T, K)
     # A_bt = w conj(X_b) C_b S_t ; numerator = Re(A P^T)
     a = (weights * x.conj() * c)[:, None, :] * ramps[None]  # (B, T, K)
-    a = a.reshape(-1, a.shape[-1])
-    num = a.real @ refs.real.T - a.imag @ refs.imag.T  # (B*T, M)
-    den2 = (weights * c * c) @ (refs.abs() ** 2).T  # (B, M)
+    wcc = weights * c * c  # (B, K)
+    if refs.dim() == 2:
+        flat = a.reshape(-1, a.shape[-1])
+        num = (flat.real @ refs.real.T - flat.imag @ refs.imag.T).view(images.shape[0], -1, refs.shape[0])
+        den2 = wcc @ (refs.abs() ** 2).T  # (B, M)
+    else:
+        num = a.real @ refs.real.transpose(1, 2) - a.imag @ refs.imag.transpose(1, 2)  # (B, T, M)
+        den2 = (wcc[:, None, :] * refs.abs() ** 2).sum(-1)  # (B, M)
     den = (den2.sqrt() * x_norm[:, None]).clamp_min(1e-20)
-    return num.view(images.shape[0], -1, refs.shape[0]) / den[:, None, :]
+    return num / den[:, None, :]
+
+
+def _best(scores: torch.Tensor, k_real: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Of scores ``(B, T, M)``: the best translation and pose indices, the best score and its
+    posterior mass (see the module docstring)."""
+    flat = scores.reshape(scores.shape[0], -1)
+    top, idx = flat.max(dim=1)
+    m = scores.shape[-1]
+    conf = torch.softmax(0.5 * k_real * flat.clamp_min(0) ** 2, dim=1).max(dim=1).values
+    return idx // m, idx % m, top, conf
 
 
 def global_search(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared: PreparedVolume,
@@ -114,12 +132,49 @@ def global_search(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float
         if origins_px is not None:  # centre each particle where its current origin puts it
             batch = shift_images(batch, origins_px[sl].to(device))
         s = score_poses(batch, subset(ctf, sl), pixel_size, refs, shifts, mask, weights)
-        flat = s.reshape(s.shape[0], -1)
-        top, idx = flat.max(dim=1)
-        t, m = idx // refs.shape[0], idx % refs.shape[0]
+        t, m, top, c = _best(s, k_real)
         best_rot[sl] = grid[m.cpu()]
         best_shift[sl] = shifts[t].cpu() - (0 if origins_px is None else origins_px[sl].cpu())
         best_score[sl] = top.cpu()
-        logp = 0.5 * k_real * flat.clamp_min(0) ** 2
-        conf[sl] = torch.softmax(logp, dim=1).max(dim=1).values.cpu()
+        conf[sl] = c.cpu()
     return SearchResult(best_rot, best_shift, best_score, conf)
+
+
+def local_grid(radius_deg: float, step_deg: float) -> torch.Tensor:
+    """Small rotations ``exp(v)`` for the rotation vectors ``v`` of a cubic lattice of
+    ``step_deg`` within the ball of ``radius_deg`` (the identity included)."""
+    r = math.floor(radius_deg / step_deg + 1e-9)
+    c = torch.arange(-r, r + 1, dtype=torch.float32) * math.radians(step_deg)
+    v = torch.cartesian_prod(c, c, c)
+    v = v[v.norm(dim=1) <= math.radians(radius_deg) + 1e-6]
+    return roma.rotvec_to_rotmat(v)
+
+
+def local_search(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared: PreparedVolume,
+                 rotations: torch.Tensor, deltas: torch.Tensor, cutoff: float, max_shift_px: float,
+                 shift_step_px: float = 1.0, origins_px: torch.Tensor | None = None,
+                 chunk: int = 16) -> SearchResult:
+    """The best pose of each image among its own candidates ``rotations[i] @ deltas[j]`` (a
+    neighbourhood of its current pose, :func:`local_grid`) and the translations up to
+    ``max_shift_px`` about ``origins_px``; scored as :func:`global_search` scores."""
+    device = prepared.pairs.device
+    box = images.shape[-1]
+    mask, weights = band(box, cutoff, device)
+    shifts = shift_grid(max_shift_px, shift_step_px).to(device)
+    k_real = float(weights.sum())
+    n, j = images.shape[0], deltas.shape[0]
+    out = SearchResult(torch.empty(n, 3, 3), torch.empty(n, 2), torch.empty(n), torch.empty(n))
+    deltas = deltas.to(device)
+    for lo in range(0, n, chunk):
+        sl = slice(lo, min(lo + chunk, n))
+        cand = rotations[sl].to(device)[:, None] @ deltas[None]  # (B, J, 3, 3)
+        refs = reference_spectra(prepared, cand.reshape(-1, 3, 3), mask).view(cand.shape[0], j, -1)
+        batch = images[sl].to(device)
+        if origins_px is not None:
+            batch = shift_images(batch, origins_px[sl].to(device))
+        t, m, top, c = _best(score_poses(batch, subset(ctf, sl), pixel_size, refs, shifts, mask, weights), k_real)
+        out.rotations[sl] = cand[torch.arange(cand.shape[0], device=device), m].cpu()
+        out.shifts_px[sl] = shifts[t].cpu() - (0 if origins_px is None else origins_px[sl].cpu())
+        out.scores[sl] = top.cpu()
+        out.confidence[sl] = c.cpu()
+    return out
