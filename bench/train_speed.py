@@ -2,7 +2,7 @@
 with, on the same machine in one run.
 
     python bench/train_speed.py                      # everything (about 2 h on 2 cores)
-    python bench/train_speed.py --only demo          # or: proteins finetune seed
+    python bench/train_speed.py --only demo          # or: proteins finetune augment seed
     python bench/train_speed.py --only proteins --structures 3kpr 1ake_adk_closed --ctf yes
 
 Cases (box 64, SNR 1/16, shifts up to 4 px):
@@ -12,11 +12,14 @@ Cases (box 64, SNR 1/16, shifts up to 4 px):
 - proteins: a medium protein (3kpr chains A, B: HLA heavy chain + beta-2 microglobulin, ~45 kDa)
   and two small ones (1ake_adk_closed, 3q4oA), 1.5 Å/px, N=2000, with and without CTF, the
   exact structure as reference, the default budget: the network's pose error, after a local
-  refinement against the reference, and an exhaustive projection-matching search against the
+  search about each network pose against the reference, and an exhaustive projection-matching search against the
   same reference at the network's input sampling (32 px, 5° grid) beside it;
 - finetune: a model trained on 3kpr_single fine-tuned to the structure low-passed to 15 Å, and
   to a copy with chains D, E moved by 10°: seconds until its validation MAE is back at the
   trained model's;
+- augment: the reference perturbed while training (deformation, low-pass, blobs) or not, 3
+  minutes each on the demo setting, the network's poses on the exact particles and on particles
+  whose chains D, E moved by 15 deg; and 1ake_adk_closed (1.5 A/px, CTF) with and without;
 - seed: the original work's configuration (its encoder, cosine head, pairs objective) on its
   5j0n map, clean and sigma^2 = 16, trained with the same speed-ups for ``--seed-minutes``,
   recovered from its distances: median error beside the original's 11.4 / 14.6 deg.
@@ -83,10 +86,9 @@ from cryorient.distance.predict import embed_stack
 from cryorient.distance.train import load_model
 from cryorient.evaluation import evaluate, truth_of
 from cryorient.fourier import fourier_resize, fourier_resize_volume
-from cryorient.imaging.align import refine_poses
 from cryorient.imaging.projector import prepare_volume
 from cryorient.particles import read_particles
-from cryorient.imaging.search import global_search
+from cryorient.imaging.search import global_search, local_grid, local_search
 from cryorient import so3
 full = read_particles("{star}"); truth = truth_of(full); stack = full.blind()
 volume = load_volume("{reference}", DensityConfig(box=64, pixel_size=stack.pixel_size, chains={chains}))
@@ -96,10 +98,14 @@ net = embed_stack(load_model("{model}"), stack).view(-1, 3, 3)
 s = 32; px = stack.pixel_size * 64 / s
 images = fourier_resize(stack.images.read(), s)
 prepared = prepare_volume(fourier_resize_volume(volume, s))
-zero = torch.zeros(stack.n, 2)
-refined, _ = refine_poses(images, stack.ctf(), px, prepared, net, zero, cutoff=0.5, steps=30)
+# the local refinement: a search of the 20 deg about each network pose (5 deg lattice) at the
+# network's input sampling, then of the 5 deg about that (1.25 deg) at the stack's
+coarse = local_search(images, stack.ctf(), px, prepared, net, local_grid(20.0, 5.0), cutoff=0.5, max_shift_px=3.0)
+fine = local_search(stack.images.read(), stack.ctf(), stack.pixel_size, prepare_volume(volume), coarse.rotations,
+                    local_grid(5.0, 1.25), cutoff=0.5, max_shift_px=1.5, origins_px=-2 * coarse.shifts_px)
 found = global_search(images, stack.ctf(), px, prepared, so3.grid(5.0), cutoff=0.5, max_shift_px=3.0)
-print(json.dumps({{"network_deg": med(net), "network_refined_deg": med(refined), "search_deg": med(found.rotations),
+print(json.dumps({{"network_deg": med(net), "network_refined_deg": med(fine.rotations),
+                  "search_deg": med(found.rotations),
                   "random_deg": med(so3.sample_rotations(stack.n, torch.Generator().manual_seed(0)))}}))
 """
 
@@ -211,6 +217,61 @@ print(json.dumps({{}}))
     return rows
 
 
+NETWORK_POSES = """
+import json, math
+from cryorient.distance.predict import embed_stack
+from cryorient.distance.train import load_model
+from cryorient.evaluation import evaluate, truth_of
+from cryorient.particles import read_particles
+net = load_model("{model}")
+out = {{}}
+for name, star in {stars}:
+    full = read_particles(star)
+    pred = embed_stack(net, full.blind()).view(-1, 3, 3)
+    out[name] = round(math.degrees(float(evaluate(pred, truth_of(full).rotations).errors["rotation"].median())), 1)
+print(json.dumps(out))
+"""
+
+AUGMENTATIONS = {"none (default)": "AugmentationConfig(enabled=False)",
+                 "low-pass only": "AugmentationConfig(enabled=True, blobs=0, deform_angstrom=0.0)",
+                 "all (the default before)": "AugmentationConfig(enabled=True)"}
+
+
+def augment(tmp: Path, minutes: float = 3.0) -> list[dict]:
+    """Training with and without perturbing the reference: the demo setting (exact particles and
+    particles with a domain moved by 15 deg) and the small 1ake at 1.5 A/px."""
+    moved = tmp / "moved15.cif"
+    run_isolated(f"""
+import json
+from cryorient.structure import move_domain, read_atoms, resolve_structure, write_structure
+write_structure(move_domain(read_atoms(resolve_structure("3kpr_single")), ("D", "E"), 15.0), "{moved}")
+print(json.dumps({{}}))
+""")
+    sims = {}
+    for name, structure, px in (("demo", "3kpr_single", 2.5), ("moved15", moved, 2.5),
+                                ("1ake", "1ake_adk_closed", 1.5)):
+        sims[name] = tmp / f"aug_sim_{name}"
+        if not (sims[name] / "particles.star").is_file():
+            run_isolated(SIMULATE.format(out=sims[name], structure=structure, px=px, chains=None, n=2000,
+                                         snr="1/16", noise=None, ctf=True))
+    rows = []
+    cases = [("3kpr_single", "demo", [("exact", "demo"), ("domain moved 15°", "moved15")], a)
+             for a in AUGMENTATIONS] + [("1ake_adk_closed", "1ake", [("exact", "1ake")], a)
+                                        for a in ("none (default)", "all (the default before)")]
+    for k, (reference, sim, evals, aug) in enumerate(cases):
+        out = tmp / f"aug_train_{k}"
+        tr = run_isolated(NEW_TRAIN.format(star=sims[sim] / "particles.star", reference=reference, chains=None,
+                                           model={}, minutes=minutes, out=out, init=None,
+                                           train="{'augmentation': " + AUGMENTATIONS[aug] + "}"))
+        stars = [(name, str(sims[s] / "particles.star")) for name, s in evals]
+        poses = run_isolated(NETWORK_POSES.format(model=out / "model.pt", stars=stars), usage=False)
+        rows.append({"reference": reference, "augmentation": aug, "epochs": tr["epochs"],
+                     "val_mae": round(tr["val_mae"], 3), "val_median_deg": round(tr["val_median_deg"], 1),
+                     "exact_deg": poses["exact"], "moved_deg": poses.get("domain moved 15°")})
+        print(rows[-1], flush=True)
+    return rows
+
+
 SEED_RECOVER = """
 import json, math, torch
 from cryorient.config import LocalRefineConfig, RecoverConfig
@@ -248,7 +309,7 @@ def seed(tmp: Path, seed_map: Path, minutes: float) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", nargs="*", default=None, help="demo proteins finetune seed")
+    ap.add_argument("--only", nargs="*", default=None, help="demo proteins finetune augment seed")
     ap.add_argument("--demo-minutes", type=float, default=5.0)
     ap.add_argument("--minutes", type=float, default=10.0, help="budget of the protein cases")
     ap.add_argument("--seed-minutes", type=float, default=15.0)
@@ -275,7 +336,7 @@ def main() -> None:
         results["proteins"] = proteins(tmp, args.minutes, args.structures, ctfs)
         print_table(results["proteins"], [("protein", "protein"), ("ctf", "CTF"), ("train_min", "train min"),
                                           ("val_median_deg", "val median °"), ("network_deg", "network °"),
-                                          ("network_refined_deg", "+ local refinement °"),
+                                          ("network_refined_deg", "+ local search °"),
                                           ("search_deg", "projection matching °"), ("random_deg", "random °")],
                     "Pose error vs truth, box 64 at 1.5 Å/px, SNR 1/16, N=2000")
     if wanted("finetune"):
@@ -283,6 +344,13 @@ def main() -> None:
         print_table(results["finetune"], [("change", "reference change"), ("trained_val_mae", "trained MAE"),
                                           ("first_epoch_val_mae", "after 1 epoch"), ("final_val_mae", "after 1 min"),
                                           ("seconds_back", "s back to trained MAE")], "Fine-tuning")
+    if wanted("augment"):
+        results["augment"] = augment(tmp)
+        print_table(results["augment"], [("reference", "reference"), ("augmentation", "augmentation"),
+                                         ("epochs", "epochs"), ("val_mae", "val MAE rad"),
+                                         ("val_median_deg", "val median °"), ("exact_deg", "exact particles °"),
+                                         ("moved_deg", "domain moved 15° °")],
+                    "Perturbing the reference while training, 3 min each (SNR 1/16, CTF, N=2000)")
     if wanted("seed"):
         results["seed"] = seed(tmp, Path(args.seed_map).resolve(), args.seed_minutes)
         print_table(results["seed"], [("case", "case"), ("train_min", "train min"), ("epochs", "epochs"),

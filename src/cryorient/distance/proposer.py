@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import AugmentationConfig, ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig
 from ..particles import ParticleStack
 from .data import ImagingModel
 from .predict import embed_stack
@@ -53,8 +53,7 @@ class NetworkProposer:
         init = self.models.get(half)
         first = init is None
         cfg = TrainConfig(minutes=self.train_minutes if first else self.finetune_minutes, model=model,
-                          curriculum_epochs=TrainConfig().curriculum_epochs if first else 1,
-                          augmentation=AugmentationConfig(lowpass_range_angstrom=(0.0, 0.0)))
+                          curriculum_epochs=TrainConfig().curriculum_epochs if first else 1)
         # this half's CTF parameters only: nothing of the other half reaches it
         imaging = replace(self.imaging, ctf=particles.ctf())
         seed = self.seed * 100 + round_index * 2 + half
