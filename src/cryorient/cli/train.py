@@ -67,7 +67,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                    help="the first epochs train at this multiple of the SNR (1: no curriculum)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=_T.precision)
     p.add_argument("--augment", action="store_true",
-                   help="perturb the reference while training (2 A deformation, low-pass up to 12 A, 5 A "
+                   help="perturb the reference while training (2 Å deformation, low-pass up to 12 Å, 5 Å "
                         "blobs); off by default: measured to cost accuracy, even on particles that differ "
                         "from the reference (docs/model.md)")
     p.add_argument("--chains", type=parse_chains, default=None,
