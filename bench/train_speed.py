@@ -12,8 +12,8 @@ Cases (box 64, SNR 1/16, shifts up to 4 px):
 - proteins: a medium protein (3kpr chains A, B: HLA heavy chain + beta-2 microglobulin, ~45 kDa)
   and two small ones (1ake_adk_closed, 3q4oA), 1.5 Å/px, N=2000, with and without CTF, the
   exact structure as reference, the default budget: the network's pose error, after a local
-  search about each network pose against the reference, and an exhaustive projection-matching search against the
-  same reference at the network's input sampling (32 px, 5° grid) beside it;
+  search about each network pose against the reference, and an exhaustive projection-matching
+  search against the same reference at the network's input sampling (32 px, 5° grid) beside it;
 - finetune: a model trained on 3kpr_single fine-tuned to the structure low-passed to 15 Å, and
   to a copy with chains D, E moved by 10°: seconds until its validation MAE is back at the
   trained model's;
@@ -96,12 +96,13 @@ def med(r):
     return round(math.degrees(float(evaluate(r, truth.rotations).errors["rotation"].median())), 2)
 net = embed_stack(load_model("{model}"), stack).view(-1, 3, 3)
 s = 32; px = stack.pixel_size * 64 / s
-images = fourier_resize(stack.images.read(), s)
+raw = stack.images.read()
+images = fourier_resize(raw, s)
 prepared = prepare_volume(fourier_resize_volume(volume, s))
 # the local refinement: a search of the 20 deg about each network pose (5 deg lattice) at the
 # network's input sampling, then of the 5 deg about that (1.25 deg) at the stack's
 coarse = local_search(images, stack.ctf(), px, prepared, net, local_grid(20.0, 5.0), cutoff=0.5, max_shift_px=3.0)
-fine = local_search(stack.images.read(), stack.ctf(), stack.pixel_size, prepare_volume(volume), coarse.rotations,
+fine = local_search(raw, stack.ctf(), stack.pixel_size, prepare_volume(volume), coarse.rotations,
                     local_grid(5.0, 1.25), cutoff=0.5, max_shift_px=1.5, origins_px=-2 * coarse.shifts_px)
 found = global_search(images, stack.ctf(), px, prepared, so3.grid(5.0), cutoff=0.5, max_shift_px=3.0)
 print(json.dumps({{"network_deg": med(net), "network_refined_deg": med(fine.rotations),
@@ -183,6 +184,18 @@ def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tupl
     return rows
 
 
+def moved_domain(tmp: Path, degrees: float) -> Path:
+    """3kpr_single with its T-cell receptor (chains D, E) rotated by ``degrees`` about its hinge."""
+    moved = tmp / f"moved{degrees:g}.cif"
+    run_isolated(f"""
+import json
+from cryorient.structure import move_domain, read_atoms, resolve_structure, write_structure
+write_structure(move_domain(read_atoms(resolve_structure("3kpr_single")), ("D", "E"), {degrees}), "{moved}")
+print(json.dumps({{}}))
+""")
+    return moved
+
+
 def finetune(tmp: Path) -> list[dict]:
     sim = tmp / "demo_sim"
     if not (sim / "particles.star").is_file():
@@ -193,13 +206,7 @@ def finetune(tmp: Path) -> list[dict]:
         run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference="3kpr_single", chains=None, model={},
                                       minutes=5, train={}, out=tmp / "demo_new", init=None))
     target = json.loads(Path(tmp / "demo_new" / "metrics.jsonl").read_text().splitlines()[-1])["val_mae"]
-    moved = tmp / "moved10.cif"
-    run_isolated(f"""
-import json
-from cryorient.structure import move_domain, read_atoms, resolve_structure, write_structure
-write_structure(move_domain(read_atoms(resolve_structure("3kpr_single")), ("D", "E"), 10.0), "{moved}")
-print(json.dumps({{}}))
-""")
+    moved = moved_domain(tmp, 10.0)
     rows = []
     for name, reference, lowpass in (("low-passed to 15 Å", "3kpr_single", 15.0), ("domain moved 10°", moved, None)):
         code = NEW_TRAIN.format(star=sim / "particles.star", reference=reference, chains=None, model={},
@@ -240,13 +247,7 @@ AUGMENTATIONS = {"none (default)": "AugmentationConfig(enabled=False)",
 def augment(tmp: Path, minutes: float = 3.0) -> list[dict]:
     """Training with and without perturbing the reference: the demo setting (exact particles and
     particles with a domain moved by 15 deg) and the small 1ake at 1.5 A/px."""
-    moved = tmp / "moved15.cif"
-    run_isolated(f"""
-import json
-from cryorient.structure import move_domain, read_atoms, resolve_structure, write_structure
-write_structure(move_domain(read_atoms(resolve_structure("3kpr_single")), ("D", "E"), 15.0), "{moved}")
-print(json.dumps({{}}))
-""")
+    moved = moved_domain(tmp, 15.0)
     sims = {}
     for name, structure, px in (("demo", "3kpr_single", 2.5), ("moved15", moved, 2.5),
                                 ("1ake", "1ake_adk_closed", 1.5)):

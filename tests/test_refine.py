@@ -64,10 +64,10 @@ def test_local_search_corrects_poses_within_its_radius(volume):
     err = torch.rad2deg(so3.rotmat_distance(found.rotations, truth.rotations))
     assert float(err.median()) < 2.5, err  # measured 1.53 (from 9.9); 4.7 with shifts of up to 1 px
     # against the 1 px shift grid: half a pixel at 4 Å/px moves the rim as much as ~6°
-    assert float((found.shifts_px - truth.shifts_px).norm(dim=1).median()) < 1.0
+    assert float((found.shifts_px - truth.shifts_px).norm(dim=1).median()) < 1.0  # measured 0.0
     again = local_search(stack.images.read(), stack.ctf(), PX, prepare_volume(volume), truth.rotations,
                          local_grid(6.0, 3.0), cutoff=0.3, max_shift_px=2.0)
-    assert float(torch.rad2deg(so3.rotmat_distance(again.rotations, truth.rotations)).median()) < 1.0
+    assert float(torch.rad2deg(so3.rotmat_distance(again.rotations, truth.rotations)).median()) < 1.0  # measured 0.0
 
 
 def test_refinement_from_a_lowpassed_reference(volume):
