@@ -198,3 +198,19 @@ def test_ddp_two_processes_in_sync(tmp_path):
     payload = torch.load(out / "model.pt", weights_only=True)
     assert payload["summary"]["world_size"] == 2
     assert payload["summary"]["ranks_in_sync"] is True
+
+
+def test_plateau_stops_training_only_once_the_cosine_has_decayed():
+    from cryorient.distance.train import _Schedule
+
+    cfg = TrainConfig(stop_patience=3, stop_after=0.67)
+    schedule = _Schedule(planned_epochs=90)
+    for value in [1.0, 0.5, 0.5, 0.499, 0.5]:  # a best, then three epochs without a 1% gain
+        schedule.update(value, cfg)
+    assert schedule.since_best == 3
+    assert not schedule.plateaued(30, 1.0, cfg)  # a third of the plan: the learning rate is still high
+    assert schedule.plateaued(61, 1.0, cfg)  # two thirds: the rule may stop
+    assert not schedule.plateaued(61, 2.0, cfg)  # still in the SNR curriculum
+    assert schedule.plateaued(30, 1.0, TrainConfig(stop_patience=3, schedule="plateau"))
+    schedule.update(0.4, cfg)  # a gain resets the count
+    assert not schedule.plateaued(80, 1.0, cfg)

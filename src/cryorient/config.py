@@ -201,6 +201,7 @@ class TrainConfig:
     schedule: Schedule = "cosine"  # cosine over the planned epochs, or halving on plateaus
     patience: int = 3  # (plateau) epochs without a 1% better validation before the learning rate halves
     stop_patience: int = 8  # epochs without a 1% better validation before training stops
+    stop_after: float = 0.67  # (cosine) share of the planned epochs before that rule may stop training
     curriculum_snr_factor: float = 8.0  # the first epochs train at this multiple of the stack's SNR ...
     curriculum_epochs: int = 6  # ... down to the stack's SNR over this many epochs (1: no curriculum)
     loss: PairLoss = "l1"  # l1 (the seed's) or l2
@@ -220,6 +221,8 @@ class TrainConfig:
         require_positive(self.lr, "learning rate")
         _integer(self.patience, "patience", 1)
         _integer(self.stop_patience, "stop patience", 1)
+        require(0 <= self.stop_after <= 1, "the share of the budget before a plateau may stop training must be "
+                "in [0, 1]")
         require(self.curriculum_snr_factor >= 1, "the curriculum's SNR factor must be >= 1")
         _integer(self.curriculum_epochs, "curriculum epochs", 1)
         _choice(self.loss, PairLoss, "loss")
