@@ -187,6 +187,7 @@ from cryorient.volumes import shell_frequencies
 reference = load_reference("{reference}", blind.box, px)
 cfg = RefineConfig(initial_lowpass={lowpass}, poses="{poses}", symmetry="{symmetry}", relax_symmetry={relax})
 from cryorient.symmetry import nearest_mates, point_group
+from cryorient.so3 import rotmat_distance
 judge_group = point_group("C1" if cfg.relax_symmetry else cfg.symmetry)
 t = time.perf_counter()
 start, extra = None, {{}}
@@ -244,6 +245,12 @@ if not {noise}:
     mine = reconstruct(aligned, aligned.rotations(), one, truth_map)
     ideal = reconstruct(blind.with_orientations(truth.rotations, truth.origins_angstrom), truth.rotations, one,
                         truth_map)
+    if judge_group.order == 1 and "{pseudo}" != "C1":  # judged in C1: how many sit at a pseudo-mate
+        pseudo = point_group("{pseudo}")
+        mates = nearest_mates(result.rotations, truth.rotations, pseudo)
+        moved = rotmat_distance(mates, result.rotations) > 1e-3  # the truth is nearer another mate
+        out.update(median_modulo_pseudo_deg=round(evaluate_poses(mates, None, truth, px).median_deg, 2),
+                   share_at_pseudo_mate=round(float(moved.float().mean()), 3))
     out.update(median_deg=round(ev.median_deg, 2), hand=ev.metrics()["hand"],
                map_offset_A=round(ev.map_offset_angstrom, 2),
                vs_truth_A=round(mine.resolution_reference.angstrom, 2),
@@ -291,6 +298,7 @@ def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry
     r = run_isolated(CRYORIENT.format(blind_stack=blind, reference=ref, truth=sim / "volume.mrc",
                                       lowpass=lowpass, poses=poses, work=work, noise=kind == "noise",
                                       symmetry=symmetry, relax=relax, start=start,
+                                      pseudo=STRUCTURES[name].get("sym", "C1") if name == "1a28" else "C1",
                                       initial=sim / ("abinitio_noise.mrc" if kind == "noise" else "abinitio.mrc")))
     label = (f"cryorient ({poses}" + (f", {symmetry}" if symmetry != "C1" else "") + (", relaxed" if relax else "")
              + (", from the particles" if start == "particles" else ""))
