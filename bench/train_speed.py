@@ -99,9 +99,9 @@ s = 32; px = stack.pixel_size * 64 / s
 raw = stack.images.read()
 images = fourier_resize(raw, s)
 prepared = prepare_volume(fourier_resize_volume(volume, s))
-# the local refinement: a search of the 20 deg about each network pose (5 deg lattice) at the
+# the local refinement: a search of the {radius} deg about each network pose (5 deg lattice) at the
 # network's input sampling, then of the 5 deg about that (1.25 deg) at the stack's
-coarse = local_search(images, stack.ctf(), px, prepared, net, local_grid(20.0, 5.0), cutoff=0.5, max_shift_px=3.0)
+coarse = local_search(images, stack.ctf(), px, prepared, net, local_grid({radius}, 5.0), cutoff=0.5, max_shift_px=3.0)
 fine = local_search(raw, stack.ctf(), stack.pixel_size, prepare_volume(volume), coarse.rotations,
                     local_grid(5.0, 1.25), cutoff=0.5, max_shift_px=1.5, origins_px=-2 * coarse.shifts_px)
 found = global_search(images, stack.ctf(), px, prepared, so3.grid(5.0), cutoff=0.5, max_shift_px=3.0)
@@ -164,7 +164,8 @@ def demo(tmp: Path, minutes: float) -> list[dict]:
 PROTEINS = [("medium", "3kpr", "('A', 'B')"), ("small", "1ake_adk_closed", "None"), ("small", "3q4oA", "None")]
 
 
-def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tuple[bool, ...]) -> list[dict]:
+def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tuple[bool, ...],
+             radius: float = 20.0) -> list[dict]:
     rows = []
     for size, structure, chains in PROTEINS:
         if structures and structure not in structures:
@@ -177,9 +178,11 @@ def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tupl
             tr = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference=structure, chains=chains,
                                                model={}, minutes=minutes, train={}, out=sim / "train", init=None))
             poses = run_isolated(POSES.format(star=sim / "particles.star", reference=structure, chains=chains,
+                                              radius=radius,
                                               model=sim / "train" / "model.pt"))
             rows.append({"protein": f"{structure} ({size})", "ctf": ctf, "train_min": round(tr["seconds"] / 60, 1),
-                         "epochs": tr["epochs"], "val_median_deg": round(tr["val_median_deg"], 1), **poses})
+                         "epochs": tr["epochs"], "val_median_deg": round(tr["val_median_deg"], 1),
+                         "local_radius_deg": radius, **poses})
             print(rows[-1], flush=True)
     return rows
 
@@ -317,6 +320,8 @@ def main() -> None:
     ap.add_argument("--seed-map", default=str(REPO.parent / "shared" / "structures" / "5j0n_seed_map.mrc"))
     ap.add_argument("--structures", nargs="*", default=None, help="of the protein cases (default: all three)")
     ap.add_argument("--ctf", choices=("both", "yes", "no"), default="both", help="protein cases: CTF, none, both")
+    ap.add_argument("--local-radius", type=float, default=20.0,
+                    help="protein cases: degrees about each network pose the local search covers (5 deg lattice)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-train-"))
@@ -334,7 +339,7 @@ def main() -> None:
                     f"Demo setting, {args.demo_minutes:g} min of training each")
     if wanted("proteins"):
         ctfs = {"both": (False, True), "yes": (True,), "no": (False,)}[args.ctf]
-        results["proteins"] = proteins(tmp, args.minutes, args.structures, ctfs)
+        results["proteins"] = proteins(tmp, args.minutes, args.structures, ctfs, args.local_radius)
         print_table(results["proteins"], [("protein", "protein"), ("ctf", "CTF"), ("train_min", "train min"),
                                           ("val_median_deg", "val median °"), ("network_deg", "network °"),
                                           ("network_refined_deg", "+ local search °"),
