@@ -59,7 +59,7 @@ from ..imaging.align import refine_poses
 from ..imaging.batches import stack_batches
 from ..imaging.projector import prepare_volume
 from ..imaging.render import render
-from ..imaging.search import global_search
+from ..imaging.search import global_search, local_grid
 from ..imaging.translation import translation
 from ..particles import ParticleStack
 from ..so3 import grid as so3_grid
@@ -324,14 +324,10 @@ def local_confidence(images: torch.Tensor, ctf: CTFParams | None, pixel_size: fl
     return torch.softmax(0.5 * k_real * scores.clamp_min(0) ** 2, dim=1)[:, 0]
 
 
-# A 3 x 3 x 3 grid of small rotations (rotation vectors in units of the step) about a pose.
-_LOCAL_GRID = torch.tensor([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)],
-                           dtype=torch.float32)
-
-
 def local_deltas(step_deg: float) -> torch.Tensor:
-    """The 27 rotations ``exp(step * g)`` of the local grid ``g`` (identity included)."""
-    return roma.rotvec_to_rotmat(_LOCAL_GRID * math.radians(step_deg))
+    """The 27 rotations of a 3 x 3 x 3 grid of rotation vectors (in units of the step) about a
+    pose, identity included: the search's lattice over the ball that holds the cube's corners."""
+    return local_grid(math.sqrt(3) * step_deg, step_deg)
 
 
 @dataclass
