@@ -71,10 +71,13 @@ RELION_JUDGE = """
 import json
 from cryorient.density import load_reference
 from cryorient.volumes import aligned_fsc, resolution_at
-truth = load_reference("{truth}", 64, {px}); v = load_reference("{map}", 64, {px})
-c, al = aligned_fsc(v, truth, {px}, resolution=20.0)
-print(json.dumps({{"initial_vs_truth_A": round(resolution_at(c, 64, {px}, 0.5).angstrom, 2),
-                  "initial_mirrored": al.mirror}}))
+truth = load_reference("{truth}", 64, {px})
+out = []
+for path in {maps}:
+    c, al = aligned_fsc(load_reference(path, 64, {px}), truth, {px}, resolution=20.0)
+    out.append({{"initial_vs_truth_A": round(resolution_at(c, 64, {px}, 0.5).angstrom, 2),
+                "initial_mirrored": al.mirror}})
+print(json.dumps({{"maps": out}}))
 """
 
 
@@ -86,16 +89,23 @@ def relion_case(tmp: Path, name: str, n: int) -> dict:
     px = STRUCTURES[name]["px"]
     relion_inputs(sim, work)
     t, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
     args = ["relion_refine", "--o", "out/run", "--i", "norm.star", "--particle_diameter", str(int(0.9 * 64 * px)),
             *RELION_SGD]
     with open(work / "relion.log", "w") as fh:
         subprocess.run(args, cwd=work, stdout=fh, stderr=subprocess.STDOUT, check=True)
     seconds = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # every map the run wrote (each --sgd_write_iter iterations), judged with the wall time at
+    # which it was written: RELION's map at the moment cryorient's is done
     maps = sorted((work / "out").glob("run_it*_class001.mrc"))
-    judged = run_isolated(RELION_JUDGE.format(truth=sim / "volume.mrc", map=maps[-1], px=px), usage=False)
+    judged = run_isolated(RELION_JUDGE.format(truth=sim / "volume.mrc", maps=[str(m) for m in maps], px=px),
+                          usage=False)["maps"]
+    curve = [{"iteration": int(m.name[len("run_it"):][:3]), "seconds": round(m.stat().st_mtime - started),
+              **j} for m, j in zip(maps, judged)]
     return {"structure": name, "method": "RELION 3.1 SGD initial model", "abinitio_seconds": round(seconds),
-            "cpu_seconds": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime), **judged}
+            "cpu_seconds": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime), **judged[-1],
+            "curve": curve}
 
 
 def cryorient_case(tmp: Path, name: str, n: int, seeds: int, seed: int) -> dict:
@@ -133,6 +143,11 @@ def main() -> None:
                                    ("refine_seconds", "loop s"), ("median_deg", "median ° (mod hand)"),
                                    ("resolution_A", "half maps Å"), ("map_vs_truth_A", "map vs truth Å")],
                 f"Initial map from the particles alone, box 64, N={args.n}, SNR 1/16, CTF")
+    for case in results["cases"]:
+        if "curve" in case:
+            print_table(case["curve"], [("iteration", "iteration"), ("seconds", "wall s"),
+                                        ("initial_vs_truth_A", "map vs truth Å")],
+                        f"RELION's SGD maps as they were written ({case['structure']})")
     write_results(stem, results)
 
 
