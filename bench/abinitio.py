@@ -11,8 +11,9 @@ starts' pairwise agreement (FSC 0.5 after alignment; 25 Å needed); after the lo
 initial map low-passed to 40 Å) the median pose error modulo the hand and the map against the
 truth. ``noise``: pure-noise images: the starts must disagree and the loop must report no
 resolution. RELION: ``relion_preprocess --norm``, then ``relion_refine --denovo_3dref --sgd``
-with the InitialModel job's defaults (one MPI-less process, ``--j 2``); its map judged the same
-way.
+with the InitialModel job's defaults (one MPI-less process, ``--j 2``); every map it writes
+judged the same way, with the wall time at which it was written. ``--relion-minutes M`` stops
+RELION after M minutes and judges the maps it wrote by then.
 """
 
 from __future__ import annotations
@@ -81,31 +82,47 @@ print(json.dumps({{"maps": out}}))
 """
 
 
-def relion_case(tmp: Path, name: str, n: int) -> dict:
+def relion_case(tmp: Path, name: str, n: int, minutes: float | None = None) -> dict:
+    """RELION's SGD initial model on the stack; with ``minutes``, stopped after that much wall
+    time and judged on the maps it wrote by then."""
     sim = stack_for(tmp, name, n)
     work = tmp / f"relion_sgd_{name}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
-    px = STRUCTURES[name]["px"]
     relion_inputs(sim, work)
     t, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
-    args = ["relion_refine", "--o", "out/run", "--i", "norm.star", "--particle_diameter", str(int(0.9 * 64 * px)),
-            *RELION_SGD]
+    args = ["relion_refine", "--o", "out/run", "--i", "norm.star",
+            "--particle_diameter", str(int(0.9 * 64 * STRUCTURES[name]["px"])), *RELION_SGD]
+    stopped = False
     with open(work / "relion.log", "w") as fh:
-        subprocess.run(args, cwd=work, stdout=fh, stderr=subprocess.STDOUT, check=True)
+        proc = subprocess.Popen(args, cwd=work, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait(timeout=None if minutes is None else 60 * minutes)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait()
+            rc, stopped = 0, True
+    if rc != 0:
+        raise subprocess.CalledProcessError(rc, args)
     seconds = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    # every map the run wrote (each --sgd_write_iter iterations), judged with the wall time at
-    # which it was written: RELION's map at the moment cryorient's is done
+    return {**judge_relion(work, sim, name, started), "abinitio_seconds": round(seconds), "stopped_by_budget": stopped,
+            "cpu_seconds": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime)}
+
+
+def judge_relion(work: Path, sim: Path, name: str, started: float) -> dict:
+    """Every map a RELION SGD run wrote (each --sgd_write_iter iterations), judged against the
+    truth, with the wall time at which it was written (from ``started``, a ``time.time()``):
+    RELION's map at the moment cryorient's is done."""
+    px = STRUCTURES[name]["px"]
     maps = sorted((work / "out").glob("run_it*_class001.mrc"))
     judged = run_isolated(RELION_JUDGE.format(truth=sim / "volume.mrc", maps=[str(m) for m in maps], px=px),
                           usage=False)["maps"]
     curve = [{"iteration": int(m.name[len("run_it"):][:3]), "seconds": round(m.stat().st_mtime - started),
               **j} for m, j in zip(maps, judged)]
-    return {"structure": name, "method": "RELION 3.1 SGD initial model", "abinitio_seconds": round(seconds),
-            "cpu_seconds": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime), **judged[-1],
-            "curve": curve}
+    return {"structure": name, "method": "RELION 3.1 SGD initial model", **judged[-1],
+            "last_iteration": curve[-1]["iteration"], "curve": curve}
 
 
 def cryorient_case(tmp: Path, name: str, n: int, seeds: int, seed: int) -> dict:
@@ -123,6 +140,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--relion", action="store_true")
+    ap.add_argument("--relion-minutes", type=float, default=None,
+                    help="stop RELION after this wall time, judge the maps it wrote by then (default: let it finish)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--tag", default=None)
     args = ap.parse_args()
@@ -135,7 +154,7 @@ def main() -> None:
         print(results["cases"][-1], flush=True)
         write_results(stem, results)
         if args.relion and name != "noise" and shutil.which("relion_refine"):
-            results["cases"].append(relion_case(tmp, name, args.n))
+            results["cases"].append(relion_case(tmp, name, args.n, args.relion_minutes))
             print(results["cases"][-1], flush=True)
             write_results(stem, results)
     print_table(results["cases"], [("structure", "structure"), ("method", "method"), ("abinitio_seconds", "initial s"),
