@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from cryorient import so3
 from cryorient.config import AugmentationConfig, DensityConfig, ModelConfig, SimulationConfig, TrainConfig
 from cryorient.density import load_volume
 from cryorient.distance.data import ImagingModel, ReferenceSampler, augment_volume
@@ -68,6 +69,39 @@ def test_tiny_model_overfits_16_pairs(volume):
     with torch.no_grad():
         pred = model(pairs_x[:16], pairs_x[16:])
     assert float((pred - target).abs().mean()) < 0.1
+
+
+@pytest.mark.parametrize("hypotheses", [1, 2])
+def test_pose_hypotheses_keep_both_modes_of_an_ambiguous_image(volume, hypotheses):
+    """Each image's true pose is one of two, 120 deg apart, at random (as for a view and its
+    pseudo-symmetric mate): one hypothesis regresses to a compromise far from both; two
+    hypotheses find both (the nearest is close), and the best-scored one is the embedding."""
+    torch.manual_seed(0)
+    x, _, _ = sampler(volume, seed=3).batch(8)
+    modes = so3.sample_rotations(8, torch.Generator().manual_seed(1))
+    other = modes @ so3.euler_to_rotmat(0.0, 120.0, 0.0)
+    model = SiameseDistance(ModelConfig(width=8, input_size=16, hypotheses=hypotheses))
+    cfg = TrainConfig(model=model.config)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(500):
+        pick = torch.rand(8, generator=g) < 0.5
+        loss = batch_loss(model, x, torch.where(pick[:, None, None], modes, other), torch.zeros(0), cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        hyp, prob = model.hypotheses(x)
+        emb = model.embed(x).view(-1, 3, 3)
+    assert torch.allclose(emb, hyp[:, 0], atol=1e-5) and (prob[:, :-1] >= prob[:, 1:]).all()
+    # per image, the farther of the two modes from its nearest hypothesis
+    worst = torch.rad2deg(torch.maximum(rotmat_distance(hyp, modes[:, None]).min(1).values,
+                                        rotmat_distance(hyp, other[:, None]).min(1).values))
+    if hypotheses == 1:
+        assert worst.min() > 45  # measured 61.5-93.4 deg: a compromise between the two
+    else:
+        assert worst.max() < 12  # measured 4.6-7.0 deg
 
 
 def test_sampler_balanced_and_augmented(volume):

@@ -154,11 +154,16 @@ class ModelConfig:
     input_size: int = 32  # px at the network input
     input_pixel_size: float = 4.0  # Å/px at the network input
     phase_flip: bool = True  # images are CTF phase-flipped before the network
+    # rotation head: K pose hypotheses per image with a score each (winner-takes-all training);
+    # the best-scored one is the embedding, all K are candidates for a local search
+    hypotheses: int = 1
 
     def __post_init__(self):
         _choice(self.encoder, Encoder, "encoder")
         _choice(self.head, Head, "head")
         _integer(self.width, "network width", 1)
+        _integer(self.hypotheses, "number of pose hypotheses", 1)
+        require(self.hypotheses == 1 or self.head == "rotation", "pose hypotheses need the rotation head")
         require(self.input_size >= 16 and self.input_size % 2 == 0,
                 f"network input size must be even and >= 16, got {self.input_size}")
         require_positive(self.input_pixel_size, "network input pixel size")

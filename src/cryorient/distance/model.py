@@ -8,7 +8,10 @@ Heads:
 - ``rotation`` (cryorient's default): the embedding is a rotation matrix (9 numbers projected
   onto SO(3) by SVD, a continuous representation) and the distance is the geodesic angle
   between embeddings. Distances are then exactly those of a set of orientations, which the
-  recovery finds again (up to the O(4) gauge);
+  recovery finds again (up to the O(4) gauge). With ``hypotheses = K > 1`` it proposes K
+  rotations per image, each with a score; the best-scored one is the embedding, and all K are
+  starting points for a local search (an image whose pose is ambiguous, e.g. between a view
+  and its pseudo-symmetric mate, keeps both);
 - ``cosine`` (the seed's): non-negative features, ``d = 2 arccos(cos(f_i, f_j))``.
 
 Encoders: ``small`` (4 stages of two 3x3 convolutions, batch norm, ReLU, max-pool; global
@@ -58,7 +61,8 @@ class SiameseDistance(nn.Module):
             self.encoder = nn.Sequential(_stage(1, w), _stage(w, 2 * w), _stage(2 * w, 4 * w),
                                          _stage(4 * w, 8 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
             features = 8 * w
-        out = 9 if config.head == "rotation" else config.embedding
+        k = config.hypotheses
+        out = (9 if k == 1 else 10 * k) if config.head == "rotation" else config.embedding
         self.project = nn.Linear(features, out)
         # channels-last convolutions: measured 1.45x faster on CPU (2.6x with bf16 autocast)
         self.to(memory_format=torch.channels_last)
@@ -68,10 +72,31 @@ class SiameseDistance(nn.Module):
         x = images[:, None].contiguous(memory_format=torch.channels_last)
         return self.project(self.encoder(x))
 
+    def split(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rotation head's raw output as ``(B, K, 3, 3)`` matrices (before the SVD) and
+        ``(B, K)`` score logits (``None`` for a single hypothesis)."""
+        k = self.config.hypotheses
+        if k == 1:
+            return raw.view(-1, 1, 3, 3), None
+        return raw[:, :9 * k].reshape(-1, k, 3, 3), raw[:, 9 * k:]
+
+    def hypotheses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's K pose hypotheses ``(B, K, 3, 3)`` (rotations) and their probabilities
+        ``(B, K)``, best first."""
+        mats, logits = self.split(self.raw(images).float())
+        rot = roma.special_procrustes(mats)
+        if logits is None:
+            return rot, torch.ones(rot.shape[:2], device=rot.device)
+        prob, order = logits.softmax(-1).sort(-1, descending=True)
+        return rot.gather(1, order[:, :, None, None].expand_as(rot)), prob
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         x = self.raw(images)
         if self.config.head == "rotation":
-            return roma.special_procrustes(x.view(-1, 3, 3)).reshape(-1, 9)
+            mats, logits = self.split(x)
+            if logits is not None:  # the best-scored hypothesis
+                mats = mats[torch.arange(mats.shape[0], device=mats.device), logits.argmax(-1)][:, None]
+            return roma.special_procrustes(mats[:, 0]).reshape(-1, 9)
         return torch.relu(x)
 
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,9 @@ from .train import load_model
 
 
 @torch.no_grad()
-def embed_stack(model: SiameseDistance, stack: ParticleStack, batch_size: int = 512,
-                progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Embeddings ``(N, E)`` of every particle (memory linear in N, images read in batches),
+def _over_stack(model: SiameseDistance, stack: ParticleStack, fn: Callable[[torch.Tensor], torch.Tensor],
+                batch_size: int, progress: Callable[[int], None] | None) -> torch.Tensor:
+    """``fn`` of every particle's network input (memory linear in N, images read in batches),
     computed on the model's device, returned on the CPU."""
     cfg = model.config
     check_compatible(stack.box, stack.pixel_size, cfg.input_size, cfg.input_pixel_size)
@@ -29,10 +29,21 @@ def embed_stack(model: SiameseDistance, stack: ParticleStack, batch_size: int = 
     for b in stack_batches(stack, batch_size, device=device):
         x = prepare_inputs(b.images, stack.pixel_size, b.ctf, cfg.input_size, cfg.input_pixel_size,
                            cfg.phase_flip)
-        out.append(model.embed(x).cpu())
+        out.append(fn(x).cpu())
         if progress is not None:
             progress(len(b.indices))
     return torch.cat(out)
+
+
+def embed_stack(model: SiameseDistance, stack: ParticleStack, batch_size: int = 512,
+                progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Embeddings ``(N, E)`` of every particle."""
+    return _over_stack(model, stack, model.embed, batch_size, progress)
+
+
+def hypotheses_stack(model: SiameseDistance, stack: ParticleStack, batch_size: int = 512) -> torch.Tensor:
+    """Every particle's pose hypotheses ``(N, K, 3, 3)``, best-scored first (rotation head)."""
+    return _over_stack(model, stack, lambda x: model.hypotheses(x)[0], batch_size, None)
 
 
 @dataclass(frozen=True)

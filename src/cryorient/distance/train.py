@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 MODEL_KIND = "distance-model"
 CHECKPOINT_KIND = "distance-training"
 MODEL_FORMAT = 2  # bumped when a model's meaning changes (part of the cache key)
+WTA_SPREAD = 0.05  # with K pose hypotheses, the share of the loss given to the K-1 losers
 
 
 def batch_loss(model, inputs: torch.Tensor, rot: torch.Tensor, designed: torch.Tensor,
@@ -67,7 +68,17 @@ def batch_loss(model, inputs: torch.Tensor, rot: torch.Tensor, designed: torch.T
     if cfg.objective == "pose":
         # chordal loss on the head's raw 3x3 output (before the SVD): smooth, and measured to
         # leave the initial plateau sooner than the geodesic loss
-        return ((raw.view(-1, 3, 3) - rot) ** 2).sum((-2, -1)).mean()
+        mats, logits = net.split(raw)
+        per = ((mats - rot[:, None]) ** 2).sum((-2, -1))  # (B, K)
+        if logits is None:
+            return per[:, 0].mean()
+        # K hypotheses: winner takes (nearly) all, so each specialises on one mode of an
+        # ambiguous image's poses; the scores learn which hypothesis wins
+        k = per.shape[1]
+        best = per.argmin(1)
+        weight = torch.full_like(per, WTA_SPREAD / (k - 1))
+        weight.scatter_(1, best[:, None], 1.0 - WTA_SPREAD)
+        return (weight * per).sum(1).mean() + torch.nn.functional.cross_entropy(logits, best)
     emb = torch.relu(raw) if net.config.head == "cosine" else \
         roma.special_procrustes(raw.view(-1, 3, 3)).reshape(-1, 9)
 
@@ -92,6 +103,8 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     was_training = model.training
     model.eval()
     emb = torch.cat([model.embed(inputs[k:k + 256]).float() for k in range(0, inputs.shape[0], 256)])
+    hyp = torch.cat([model.hypotheses(inputs[k:k + 256])[0] for k in range(0, inputs.shape[0], 256)]) \
+        if model.config.hypotheses > 1 else None
     model.train(was_training)
     n = inputs.shape[0]
     i, j = torch.triu_indices(n, n, offset=1, device=emb.device)
@@ -113,6 +126,9 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     out["val_knn5_overlap"] = float((nn_pred[:, :, None] == nn_true[:, None, :]).any(-1).float().mean())
     if objective == "pose":
         pose_err = rotmat_distance(emb.view(-1, 3, 3), rot)
+        if hyp is not None:  # the nearest of the K hypotheses (what a local search can reach)
+            nearest = rotmat_distance(hyp, rot[:, None]).min(1).values
+            out["val_nearest_median_deg"] = float(torch.rad2deg(nearest.median()))
         out["val_median_deg"] = float(torch.rad2deg(pose_err.median()))
         out["val_within_15deg"] = float((pose_err < math.radians(15)).float().mean())
         out["val_loss"] = float(pose_err.mean())
