@@ -117,8 +117,10 @@ for k in range(hyp.shape[1]):
         coarse = type(c)(*(torch.where(won.view(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(
             (c.rotations, c.shifts_px, c.scores, c.confidence),
             (coarse.rotations, coarse.shifts_px, coarse.scores, coarse.confidence))))
-nearest = evaluate(hyp.transpose(0, 1).reshape(-1, 3, 3), truth.rotations.repeat(hyp.shape[1], 1, 1)
-                   ).errors["rotation"].view(hyp.shape[1], -1).min(0).values
+# the nearest hypothesis to the truth, all K under the best-scored one's alignment
+al = evaluate(net, truth.rotations).alignment
+nearest = torch.stack([so3.rotmat_distance(al.apply(hyp[:, k].contiguous()), truth.rotations)
+                       for k in range(hyp.shape[1])]).min(0).values
 found = global_search(images, stack.ctf(), px, prepared, so3.grid(5.0), cutoff=0.5, max_shift_px=3.0)
 full_prepared = prepare_volume(volume)
 def fine(start):
