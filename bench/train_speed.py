@@ -88,7 +88,7 @@ from cryorient.evaluation import evaluate, truth_of
 from cryorient.fourier import fourier_resize, fourier_resize_volume
 from cryorient.imaging.projector import prepare_volume
 from cryorient.particles import read_particles
-from cryorient.imaging.search import global_search, local_grid, local_search
+from cryorient.imaging.search import SearchResult, global_search, local_grid, local_search
 from cryorient import so3
 full = read_particles("{star}"); truth = truth_of(full); stack = full.blind()
 volume = load_volume("{reference}", DensityConfig(box=64, pixel_size=stack.pixel_size, chains={chains}))
@@ -106,17 +106,12 @@ prepared = prepare_volume(fourier_resize_volume(volume, s))
 # particle whichever of the two scores higher at 32 px (truth-blind, as the refinement loop's
 # candidates compete). With K pose hypotheses, the coarse stage searches about each and keeps
 # the best-scoring pose per particle.
-coarse = None
-for k in range(hyp.shape[1]):
-    c = local_search(images, stack.ctf(), px, prepared, hyp[:, k].contiguous(), local_grid({radius}, 5.0),
-                     cutoff=0.5, max_shift_px=3.0)
-    if coarse is None:
-        coarse = c
-    else:
-        won = c.scores > coarse.scores
-        coarse = type(c)(*(torch.where(won.view(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(
-            (c.rotations, c.shifts_px, c.scores, c.confidence),
-            (coarse.rotations, coarse.shifts_px, coarse.scores, coarse.confidence))))
+runs = [local_search(images, stack.ctf(), px, prepared, hyp[:, k].contiguous(), local_grid({radius}, 5.0),
+                     cutoff=0.5, max_shift_px=3.0) for k in range(hyp.shape[1])]
+best = torch.stack([c.scores for c in runs]).argmax(0)  # the first of equal scores
+def pick(field):
+    return torch.stack([getattr(c, field) for c in runs])[best, torch.arange(stack.n)]
+coarse = SearchResult(pick("rotations"), pick("shifts_px"), pick("scores"), pick("confidence"))
 # the nearest hypothesis to the truth, all K under the best-scored one's alignment
 al = evaluate(net, truth.rotations).alignment
 nearest = torch.stack([so3.rotmat_distance(al.apply(hyp[:, k].contiguous()), truth.rotations)

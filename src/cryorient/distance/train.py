@@ -102,9 +102,12 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     schedule."""
     was_training = model.training
     model.eval()
-    emb = torch.cat([model.embed(inputs[k:k + 256]).float() for k in range(0, inputs.shape[0], 256)])
-    hyp = torch.cat([model.hypotheses(inputs[k:k + 256])[0] for k in range(0, inputs.shape[0], 256)]) \
-        if model.config.hypotheses > 1 else None
+    if model.config.hypotheses > 1:  # one pass: the best-scored hypothesis is the embedding
+        hyp = torch.cat([model.hypotheses(inputs[k:k + 256])[0] for k in range(0, inputs.shape[0], 256)])
+        emb = hyp[:, 0].reshape(-1, 9)
+    else:
+        hyp = None
+        emb = torch.cat([model.embed(inputs[k:k + 256]).float() for k in range(0, inputs.shape[0], 256)])
     model.train(was_training)
     n = inputs.shape[0]
     i, j = torch.triu_indices(n, n, offset=1, device=emb.device)
