@@ -98,6 +98,9 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-batch-size", type=int, default=_T.batch_size)
     g.add_argument("--input-size", type=int, default=_M.input_size, help="network input size in px")
     g.add_argument("--width", type=int, default=_M.width, help="network width (first-stage channels)")
+    g.add_argument("--hypotheses", type=int, default=_M.hypotheses,
+                   help="pose hypotheses per image (rotation head); also the networks of --poses network, whose "
+                        "hypotheses are each a candidate pose")
     g = p.add_argument_group("recovery and reconstruction")
     g.add_argument("--pairs-per-particle", type=int, default=_R.pairs_per_particle)
     g.add_argument("--restarts", type=int, default=_R.recovery.restarts)
@@ -166,7 +169,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         raise CryorientError(f"--symmetry {args.symmetry} needs --reference in RELION's symmetry frame (the ab "
                              "initio map is made in C1, in a frame of its own); give one, or refine in C1")
     density, simulation = simulation_from_args(args)
-    model = ModelConfig(width=args.width, input_size=args.input_size)
+    model = ModelConfig(width=args.width, input_size=args.input_size, hypotheses=args.hypotheses)
     train = TrainConfig(max_epochs=args.max_epochs, minutes=args.minutes,
                         steps_per_epoch=args.steps_per_epoch, batch_size=args.train_batch_size, model=model)
     recover = RecoverConfig(pairs_per_particle=args.pairs_per_particle,

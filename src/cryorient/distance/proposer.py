@@ -3,7 +3,8 @@
 Per half set and round: a network is trained (first round) or fine-tuned from the previous
 round's (later rounds) on projections of that half's current map, made like the particles
 (CTF, SNR, shifts), for a short budget; its rotation head's output for each particle is the
-proposed pose, in the map's frame. Its validation (median pose error on projections of the
+proposed pose, in the map's frame (with ``hypotheses = K > 1``, its K hypotheses, best-scored
+first, each a candidate the loop scores against the map). Its validation (median pose error on projections of the
 same map) is returned with the proposal, so the loop can fall back on the global search when
 the network has not learned.
 """
@@ -19,14 +20,14 @@ import torch
 from ..config import ModelConfig, TrainConfig
 from ..particles import ParticleStack
 from .data import ImagingModel
-from .predict import embed_stack
+from .predict import hypotheses_stack
 from .preprocess import default_input
 from .train import load_model, train_on_reference
 
 
 @dataclass(frozen=True)
 class NetworkProposal:
-    rotations: torch.Tensor | None
+    rotations: torch.Tensor | None  # (n, K, 3, 3), best-scored hypothesis first
     val_median_deg: float
     weak: bool
 
@@ -38,6 +39,7 @@ class NetworkProposer:
     train_minutes: float = 2.0
     finetune_minutes: float = 0.5
     input_size: int = 32
+    hypotheses: int = 1  # pose hypotheses per particle (ModelConfig.hypotheses)
     seed: int = 0
     device: torch.device | None = None
     models: dict = field(default_factory=dict)  # half -> the last model trained for it
@@ -49,7 +51,7 @@ class NetworkProposer:
         (outdir / "figures").mkdir(parents=True, exist_ok=True)
         size, input_px = default_input(particles.box, particles.pixel_size, self.input_size)
         model = ModelConfig(input_size=size, input_pixel_size=input_px,
-                            phase_flip=particles.ctf() is not None)
+                            phase_flip=particles.ctf() is not None, hypotheses=self.hypotheses)
         init = self.models.get(half)
         first = init is None
         cfg = TrainConfig(minutes=self.train_minutes if first else self.finetune_minutes, model=model,
@@ -63,5 +65,5 @@ class NetworkProposer:
             return NetworkProposal(None, median, True)
         self.models[half] = result.model_path
         net = load_model(result.model_path).to(self.device)
-        return NetworkProposal(embed_stack(net, particles).view(-1, 3, 3), median, False)
+        return NetworkProposal(hypotheses_stack(net, particles), median, False)
 

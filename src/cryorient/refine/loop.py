@@ -7,8 +7,9 @@ the particles' own structure, with two independent half sets.
       proposals candidates for each particle's pose: its previous pose; the global search on an
                 orientation grid (while the resolution is coarser than ``search_until_angstrom``);
                 with ``poses="network"``, a network trained (first round) or fine-tuned (later)
-                on projections of that map made like the particles, unless its validation says
-                it cannot be trusted. The candidate that scores best against the map wins.
+                on projections of that map made like the particles (each of its pose
+                hypotheses a candidate), unless its validation says it cannot be trusted. The
+                candidate that scores best against the map wins.
       local     rotations by gradient ascent of the NCC, translations by cross-correlation
     both halves: reconstruct each half map at full size; with a point group, a half that
                 drifted into the other hand or a frame turned outside the group (a start
@@ -108,7 +109,7 @@ INDEPENDENT_START_LOWPASS = 40.0
 
 @dataclass(frozen=True)
 class Proposal:
-    rotations: torch.Tensor | None  # (n, 3, 3) in the map's frame; None: no usable proposal
+    rotations: torch.Tensor | None  # (n, K, 3, 3) in the map's frame, K >= 1 hypotheses; None: no usable proposal
     val_median_deg: float  # the proposer's own validation (median pose error)
     weak: bool  # the validation says the proposals cannot be trusted
 
@@ -588,12 +589,12 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
                 prop = proposer.propose(stack.subset(idx), lowpass_to_resolution(state.maps[h], px, res), res, h, r)
                 val_medians.append(prop.val_median_deg)
                 if not prop.weak and prop.rotations is not None:
-                    r_net = prop.rotations.to(device)
-                    # the network gives rotations; the offsets: the current ones, or (first
-                    # round) the cross-correlation peak against the reprojections
-                    o_net = o_h if state.have_poses else _offsets(images, ctf_h, px_s, prepared, r_net, cutoff,
-                                                                  cfg.max_shift_fraction * s)
-                    candidates["network"] = (r_net, o_net)
+                    for k, r_net in enumerate(prop.rotations.to(device).unbind(1)):
+                        # the network gives rotations; the offsets: the current ones, or (first
+                        # round) the cross-correlation peak against the reprojections
+                        o_net = o_h if state.have_poses else _offsets(images, ctf_h, px_s, prepared, r_net, cutoff,
+                                                                      cfg.max_shift_fraction * s)
+                        candidates["network" if k == 0 else f"network {k + 1}"] = (r_net, o_net)
             (r_h, o_h), shares = _best_candidates(images, ctf_h, px_s, prepared, cutoff, candidates)
             how = " + ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())
             if cfg.local_steps > 0:
