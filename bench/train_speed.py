@@ -112,6 +112,10 @@ best = torch.stack([c.scores for c in runs]).argmax(0)  # the first of equal sco
 def pick(field):
     return torch.stack([getattr(c, field) for c in runs])[best, torch.arange(stack.n)]
 coarse = SearchResult(pick("rotations"), pick("shifts_px"), pick("scores"), pick("confidence"))
+# no search: of the K hypotheses, the one that scores best against the reference (shifts searched)
+one = [local_search(images, stack.ctf(), px, prepared, hyp[:, k].contiguous(), torch.eye(3)[None], cutoff=0.5,
+                    max_shift_px=3.0) for k in range(hyp.shape[1])]
+scored = hyp[torch.arange(stack.n), torch.stack([c.scores for c in one]).argmax(0)]
 # the nearest hypothesis to the truth, all K under the best-scored one's alignment
 al = evaluate(net, truth.rotations).alignment
 nearest = torch.stack([so3.rotmat_distance(al.apply(hyp[:, k].contiguous()), truth.rotations)
@@ -126,6 +130,7 @@ take = coarse.scores >= found.scores
 better = torch.where(take[:, None, None], net_fine, search_fine)
 print(json.dumps({{"network_deg": med(net), "network_refined_deg": med(net_fine), "hypotheses": hyp.shape[1],
                   "nearest_hypothesis_deg": round(math.degrees(float(nearest.median())), 2),
+                  "scored_hypothesis_deg": med(scored),
                   "search_deg": med(found.rotations), "search_refined_deg": med(search_fine),
                   "better_deg": med(better), "better_network_share": round(float(take.float().mean()), 3),
                   "random_deg": med(so3.sample_rotations(stack.n, torch.Generator().manual_seed(0)))}}))
@@ -368,6 +373,7 @@ def main() -> None:
         print_table(results["proteins"], [("protein", "protein"), ("ctf", "CTF"), ("train_min", "train min"),
                                           ("val_median_deg", "val median °"), ("network_deg", "network °"),
                                           ("nearest_hypothesis_deg", "nearest hypothesis °"),
+                                          ("scored_hypothesis_deg", "hypothesis scored best °"),
                                           ("network_refined_deg", "+ local search °"),
                                           ("search_deg", "projection matching °"),
                                           ("search_refined_deg", "+ the same fine stage °"),
