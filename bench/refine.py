@@ -355,8 +355,10 @@ def relion_inputs(sim: Path, work: Path, box: int = 64) -> None:
     starfile.write({"optics": blocks["optics"], "particles": table}, work / "norm.star")
 
 
-def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str = "C1") -> dict:
-    """relion_refine_mpi auto-refine from the same low-passed reference on the same stack."""
+def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str = "C1",
+                minutes: float | None = None) -> dict:
+    """relion_refine_mpi auto-refine from the same low-passed reference on the same stack; with
+    ``minutes``, stopped after that much wall time and judged on its last finished iteration."""
     sim = stack_for(tmp, name, n)
     ref = reference_for(tmp, name, kind)
     work = tmp / f"relion_{name}_{kind}{_box_tag()}"
@@ -374,14 +376,32 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str
             "--offset_step", str(2 * BOX // 64), "--sym", symmetry,
             "--low_resol_join_halves", "40", "--norm", "--scale", "--pad", "2", "--j", "1",
             "--dont_combine_weights_via_disc", "--pool", "3"]
+    stopped = False
     with open(work / "relion.log", "w") as fh:
-        subprocess.run(args, cwd=work, stdout=fh, stderr=subprocess.STDOUT, check=True)
+        proc = subprocess.Popen(args, cwd=work, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait(timeout=None if minutes is None else 60 * minutes)
+        except subprocess.TimeoutExpired:  # mpirun passes the signal on to its ranks
+            proc.terminate()
+            proc.wait()
+            rc, stopped = 0, True
+    if rc != 0:
+        raise subprocess.CalledProcessError(rc, args)
     seconds = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
-    judged = judge_relion(sim, work / "out" / "run_data.star", work / "out" / "run_model.star", symmetry)
-    return {"structure": name, "reference": kind, "method": f"RELION 3.1 auto-refine ({symmetry})",
-            "seconds": round(seconds), "cpu_seconds_all_ranks": round(cpu_s), **judged}
+    out = work / "out"
+    if stopped:  # the last iteration whose poses and half model were both written
+        done = [p for p in sorted(out.glob("run_it*_data.star"))
+                if (out / p.name.replace("_data.star", "_half1_model.star")).is_file()]
+        data, model = done[-1], out / done[-1].name.replace("_data.star", "_half1_model.star")
+    else:
+        data, model = out / "run_data.star", out / "run_model.star"
+    judged = judge_relion(sim, data, model, symmetry)
+    return {"structure": name, "reference": kind,
+            "method": f"RELION 3.1 auto-refine ({symmetry})" + (f", stopped at {minutes:g} min" if stopped else ""),
+            "seconds": round(seconds), "cpu_seconds_all_ranks": round(cpu_s), "stopped_by_budget": stopped,
+            "judged_iteration": data.name, **judged}
 
 
 SCALING = """
@@ -448,6 +468,8 @@ def main() -> None:
     ap.add_argument("--start", choices=("reference", "particles"), default="reference",
                     help="particles: round 0 from the ab initio map placed in the reference's frame and hand")
     ap.add_argument("--relion", action="store_true", help="run RELION auto-refine on the exact-reference stacks")
+    ap.add_argument("--relion-minutes", type=float, default=None,
+                    help="stop RELION after this much wall time and judge its last finished iteration")
     ap.add_argument("--scaling", action="store_true", help="network vs global search at 20 Å (use --only with no case)")
     ap.add_argument("--scaling-sizes", nargs="*", type=int, default=[2000, 20000, 100000])
     ap.add_argument("--n", type=int, default=5000)
@@ -485,7 +507,8 @@ def main() -> None:
                 print(results["cases"][-1], flush=True)
                 write_results(stem, results)  # after each case: a long run stopped keeps what it measured
         if args.relion and kind in ("exact", "moved15", "lowpass60") and shutil.which("relion_refine_mpi"):
-            results["cases"].append(relion_case(tmp, name, args.n, kind, "C1" if name == "1a28" else sym))
+            results["cases"].append(relion_case(tmp, name, args.n, kind, "C1" if name == "1a28" else sym,
+                                                args.relion_minutes))
             print(results["cases"][-1], flush=True)
             write_results(stem, results)
     print_table(results["cases"], [("structure", "structure"), ("reference", "reference"), ("method", "method"),
