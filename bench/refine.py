@@ -209,7 +209,7 @@ proposer = None
 if cfg.poses == "network":
     from cryorient.refine.loop import first_map
     first, lp = first_map(reference, start, px, cfg)
-    proposer = NetworkProposer(imaging_from_stack(blind, first, lp), Path("{work}"))
+    proposer = NetworkProposer(imaging_from_stack(blind, first, lp), Path("{work}"), hypotheses={hypotheses})
 per_round = []
 def judge(r, rot):
     per_round.append(round(evaluate_poses(nearest_mates(rot, truth.rotations, judge_group), None, truth,
@@ -282,7 +282,7 @@ def reference_for(tmp: Path, name: str, kind: str) -> Path:
 
 
 def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry: str = "C1",
-                   relax: bool = False, start: str = "reference") -> dict:
+                   relax: bool = False, start: str = "reference", hypotheses: int = 1) -> dict:
     sim = stack_for(tmp, "3kpr_single" if kind == "other" and name != "3kpr_single" else name, n)
     if kind == "other":  # particles of another protein, this reference
         other = tmp / f"other_{name}_n{n}{_box_tag()}"
@@ -297,11 +297,12 @@ def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry
     blind = BLIND_STACK.format(star=sim / "particles.star", noise=kind == "noise")
     r = run_isolated(CRYORIENT.format(blind_stack=blind, reference=ref, truth=sim / "volume.mrc",
                                       lowpass=lowpass, poses=poses, work=work, noise=kind == "noise",
-                                      symmetry=symmetry, relax=relax, start=start,
+                                      symmetry=symmetry, relax=relax, start=start, hypotheses=hypotheses,
                                       pseudo=STRUCTURES[name].get("sym", "C1") if name == "1a28" else "C1",
                                       initial=sim / ("abinitio_noise.mrc" if kind == "noise" else "abinitio.mrc")))
     label = (f"cryorient ({poses}" + (f", {symmetry}" if symmetry != "C1" else "") + (", relaxed" if relax else "")
-             + (", from the particles" if start == "particles" else ""))
+             + (", from the particles" if start == "particles" else "")
+             + (f", {hypotheses} hypotheses" if poses == "network" and hypotheses > 1 else ""))
     return {"structure": name, "reference": kind, "method": label + ")", **r}
 
 
@@ -465,6 +466,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", default=["3kpr_single:exact"], help="STRUCTURE:REFERENCE cases")
     ap.add_argument("--poses", nargs="*", default=["network", "search"])
+    ap.add_argument("--hypotheses", type=int, default=1, help="pose hypotheses of the networks (--poses network)")
     ap.add_argument("--start", choices=("reference", "particles"), default="reference",
                     help="particles: round 0 from the ab initio map placed in the reference's frame and hand")
     ap.add_argument("--relion", action="store_true", help="run RELION auto-refine on the exact-reference stacks")
@@ -503,7 +505,8 @@ def main() -> None:
             if name == "1a28":  # pseudo-symmetric: C1, and the symmetric solution relaxed to C1
                 variants = [("C1", False), (sym, True)]
             for symmetry, relax in variants:
-                results["cases"].append(cryorient_case(tmp, name, kind, args.n, poses, symmetry, relax, args.start))
+                results["cases"].append(cryorient_case(tmp, name, kind, args.n, poses, symmetry, relax, args.start,
+                                                       args.hypotheses))
                 print(results["cases"][-1], flush=True)
                 write_results(stem, results)  # after each case: a long run stopped keeps what it measured
         if args.relion and kind in ("exact", "moved15", "lowpass60") and shutil.which("relion_refine_mpi"):
