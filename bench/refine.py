@@ -41,6 +41,7 @@ from pathlib import Path
 import starfile
 
 from common import print_table, run_isolated, write_results
+from cryorient.config import DEFAULT_HYPOTHESES
 
 STRUCTURES = {
     "3kpr_single": {"structure": "3kpr_single", "chains": None, "px": 2.5, "moving": ("D", "E"), "missing": "E"},
@@ -282,7 +283,7 @@ def reference_for(tmp: Path, name: str, kind: str) -> Path:
 
 
 def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry: str = "C1",
-                   relax: bool = False, start: str = "reference", hypotheses: int = 1) -> dict:
+                   relax: bool = False, start: str = "reference", hypotheses: int = DEFAULT_HYPOTHESES) -> dict:
     sim = stack_for(tmp, "3kpr_single" if kind == "other" and name != "3kpr_single" else name, n)
     if kind == "other":  # particles of another protein, this reference
         other = tmp / f"other_{name}_n{n}{_box_tag()}"
@@ -302,7 +303,7 @@ def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry
                                       initial=sim / ("abinitio_noise.mrc" if kind == "noise" else "abinitio.mrc")))
     label = (f"cryorient ({poses}" + (f", {symmetry}" if symmetry != "C1" else "") + (", relaxed" if relax else "")
              + (", from the particles" if start == "particles" else "")
-             + (f", {hypotheses} hypotheses" if poses == "network" and hypotheses > 1 else ""))
+             + (f", {hypotheses} hypotheses" if poses == "network" else ""))
     return {"structure": name, "reference": kind, "method": label + ")", **r}
 
 
@@ -466,7 +467,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--only", nargs="*", default=["3kpr_single:exact"], help="STRUCTURE:REFERENCE cases")
     ap.add_argument("--poses", nargs="*", default=["network", "search"])
-    ap.add_argument("--hypotheses", type=int, default=1, help="pose hypotheses of the networks (--poses network)")
+    ap.add_argument("--hypotheses", type=int, default=DEFAULT_HYPOTHESES,
+                    help="pose hypotheses of the networks (--poses network)")
     ap.add_argument("--start", choices=("reference", "particles"), default="reference",
                     help="particles: round 0 from the ab initio map placed in the reference's frame and hand")
     ap.add_argument("--relion", action="store_true", help="run RELION auto-refine on the exact-reference stacks")

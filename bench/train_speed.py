@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 from common import print_table, run_isolated, write_results
+from cryorient.config import DEFAULT_HYPOTHESES
 
 REPO = Path(__file__).resolve().parents[1]
 OLD_COMMIT = "e4edf8d"  # the last commit before this bench's training changes
@@ -168,15 +169,16 @@ def old_train(tmp: Path, star: Path, minutes: float) -> dict:
     return r
 
 
-def demo(tmp: Path, minutes: float) -> list[dict]:
+def demo(tmp: Path, minutes: float, hypotheses: int = DEFAULT_HYPOTHESES) -> list[dict]:
     sim = tmp / "demo_sim"
     run_isolated(SIMULATE.format(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
                                  noise=None, ctf=True))
     rows = []
-    new = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference="3kpr_single", chains=None, model={},
+    new = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference="3kpr_single", chains=None,
+                                        model={"hypotheses": hypotheses},
                                         minutes=minutes, train={}, out=tmp / "demo_new", init=None))
-    rows.append({"code": "this commit", **{k: new[k] for k in ("seconds", "epochs", "val_mae", "val_median_deg",
-                                                             "peak_rss_gib")}})
+    kept = ("seconds", "epochs", "val_mae", "val_median_deg", "peak_rss_gib")
+    rows.append({"code": "this commit", "hypotheses": hypotheses, **{k: new[k] for k in kept}})
     reached = [t for t, (_, mae) in zip(new["elapsed"], new["history"]) if mae <= 0.21]
     rows[-1]["minutes_to_0.21"] = round(reached[0] / 60, 1) if reached else None
     old = old_train(tmp, sim / "particles.star", minutes)
@@ -191,7 +193,7 @@ PROTEINS = [("medium", "3kpr", "('A', 'B')"), ("small", "1ake_adk_closed", "None
 
 
 def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tuple[bool, ...],
-             radius: float = 30.0, hypotheses: int = 1) -> list[dict]:
+             radius: float = 30.0, hypotheses: int = DEFAULT_HYPOTHESES) -> list[dict]:
     rows = []
     for size, structure, chains in PROTEINS:
         if structures and structure not in structures:
@@ -349,9 +351,9 @@ def main() -> None:
     ap.add_argument("--ctf", choices=("both", "yes", "no"), default="both", help="protein cases: CTF, none, both")
     ap.add_argument("--local-radius", type=float, default=30.0,
                     help="protein cases: degrees about each network pose the local search covers (5 deg lattice)")
-    ap.add_argument("--hypotheses", type=int, default=1,
-                    help="protein cases: pose hypotheses per image (ModelConfig.hypotheses); the local search "
-                         "covers the radius about each")
+    ap.add_argument("--hypotheses", type=int, default=DEFAULT_HYPOTHESES,
+                    help="demo and protein cases: pose hypotheses per image (ModelConfig.hypotheses); the local "
+                         "search covers the radius about each")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-train-"))
@@ -362,7 +364,7 @@ def main() -> None:
         return args.only is None or name in args.only
 
     if wanted("demo"):
-        results["demo"] = demo(tmp, args.demo_minutes)
+        results["demo"] = demo(tmp, args.demo_minutes, args.hypotheses)
         print_table(results["demo"], [("code", "code"), ("seconds", "s"), ("epochs", "epochs"),
                                       ("val_mae", "val MAE rad"), ("val_median_deg", "val median °"),
                                       ("minutes_to_0.21", "min to MAE 0.21"), ("peak_rss_gib", "peak GiB")],

@@ -101,6 +101,8 @@ def test_train_and_distances_bad_inputs(trained, tmp_path):
         (["train", "--reference", "1ake_adk_closed", *base, "--hypotheses", "0"], "must be an integer >= 1"),
         (["train", "--reference", "1ake_adk_closed", *base, "--objective", "pairs", "--head", "cosine",
           "--hypotheses", "2"], "pose hypotheses need the rotation head"),
+        (["train", "--reference", "1ake_adk_closed", *base, "--objective", "pairs", "--hypotheses", "2"],
+         "pairs objective trains one pose hypothesis"),
     ]:
         code, _, err = run_cli(*args, "--outdir", tmp_path / "o", "--quiet")
         assert_one_line_error(code, err, fragment)

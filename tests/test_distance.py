@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from cryorient.distance.preprocess import check_compatible, prepare_inputs
 from cryorient.distance.train import batch_loss, load_model, train
 from cryorient.errors import CryorientError
 from cryorient.imaging.noise import estimate_snr
+from cryorient.io import save_checkpoint
 from cryorient.simulate.simulator import simulate_stack
 from cryorient.so3 import rotmat_distance
 
@@ -198,6 +200,22 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"format": "cryorient-checkpoint-v1", "kind": "distance-training"}, tmp_path / "other.pt")
     with pytest.raises(CryorientError, match="expected 'distance-model'"):
         load_model(tmp_path / "other.pt")
+
+
+def test_pose_hypotheses_default_and_limits(tmp_path):
+    # the rotation head proposes 4 hypotheses unless told otherwise; the cosine head and the
+    # pairs objective one
+    assert ModelConfig().hypotheses == 4
+    assert ModelConfig(head="cosine").hypotheses == 1
+    with pytest.raises(CryorientError, match="pairs objective trains one pose hypothesis"):
+        TrainConfig(objective="pairs", model=ModelConfig())
+    assert TrainConfig(objective="pairs", model=ModelConfig(hypotheses=1)).model.hypotheses == 1
+    # a model saved before pose hypotheses existed (no such field in its config) had one
+    old = SiameseDistance(ModelConfig(width=4, input_size=16, hypotheses=1))
+    config = {k: v for k, v in asdict(old.config).items() if k != "hypotheses"}
+    save_checkpoint(tmp_path / "old.pt", {"kind": "distance-model", "config": config,
+                                          "state_dict": old.state_dict(), "summary": {}})
+    assert load_model(tmp_path / "old.pt").config.hypotheses == 1
 
 
 def test_preprocess_resamples_and_refuses_extremes():

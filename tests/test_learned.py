@@ -27,7 +27,7 @@ def test_a_trained_model_is_not_called_weak(learned):
     _, root, stdout = learned
     assert "too weak" not in stdout, stdout
     last = json.loads((root / "train" / "metrics.jsonl").read_text().strip().splitlines()[-1])
-    assert last["epoch"] == 10 and last["val_median_deg"] < 20.0, last  # measured 10.1°
+    assert last["epoch"] == 10 and last["val_median_deg"] < 20.0, last  # measured 9.8° (10.1° with one hypothesis)
     # (10.6° with the reference perturbed)
 
 
@@ -40,5 +40,5 @@ def test_learned_distances_recover_and_beat_euclidean(learned):
         assert code == 0, err
         m = json.loads((root / name / "metrics.json").read_text())
         errors[name] = m["evaluation"]["rotation_error"]["median_deg"]
-    assert errors["model"] < 8.0, errors  # measured 4.4° (4.9° with the reference perturbed)
-    assert errors["euclidean"] > 5 * errors["model"], errors  # measured 127.3° against 4.4°
+    assert errors["model"] < 8.0, errors  # measured 4.25° (4.4° with one hypothesis)
+    assert errors["euclidean"] > 5 * errors["model"], errors  # measured 127.3° against 4.25°

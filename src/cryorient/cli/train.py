@@ -9,7 +9,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import AugmentationConfig, DensityConfig, ModelConfig, TrainConfig
+from ..config import DEFAULT_HYPOTHESES, AugmentationConfig, DensityConfig, ModelConfig, TrainConfig
 from ..errors import CryorientError
 from .common import (
     HelpFormatter,
@@ -62,9 +62,10 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--head", choices=("rotation", "cosine"), default=_M.head)
     p.add_argument("--width", type=int, default=_M.width, help="channels of the first stage (small encoder)")
     p.add_argument("--input-size", type=int, default=_M.input_size, help="network input size in px")
-    p.add_argument("--hypotheses", type=int, default=_M.hypotheses,
-                   help="pose hypotheses per image, each with a score (rotation head): more than one keeps "
-                        "the views a small protein cannot tell apart (docs/model.md)")
+    p.add_argument("--hypotheses", type=int, default=None,
+                   help=f"pose hypotheses per image, each with a score (rotation head): more than one keeps "
+                        f"the views a small protein cannot tell apart (docs/model.md) (default: {DEFAULT_HYPOTHESES} "
+                        f"with the pose objective, 1 with the pairs objective)")
     p.add_argument("--snr", type=parse_snr, default=None, help="training SNR (default: estimated)")
     p.add_argument("--curriculum", type=float, default=_T.curriculum_snr_factor,
                    help="the first epochs train at this multiple of the SNR (1: no curriculum)")
@@ -91,7 +92,8 @@ def config_from_args(args: argparse.Namespace, box: int, pixel_size: float, has_
 
     size, input_px = default_input(box, pixel_size, args.input_size)
     model = ModelConfig(encoder=args.encoder, head=args.head, width=args.width, input_size=size,
-                        input_pixel_size=input_px, phase_flip=has_ctf, hypotheses=args.hypotheses)
+                        input_pixel_size=input_px, phase_flip=has_ctf,
+                        hypotheses=1 if args.hypotheses is None and args.objective == "pairs" else args.hypotheses)
     return TrainConfig(max_epochs=args.max_epochs, minutes=args.minutes, steps_per_epoch=args.steps_per_epoch,
                        batch_size=args.batch_size, lr=args.lr, loss=args.loss, objective=args.objective,
                        curriculum_snr_factor=args.curriculum,

@@ -161,7 +161,8 @@ def load_model(path: str | Path) -> SiameseDistance:
     """A trained distance model (checkpoints load with ``weights_only=True``)."""
     payload = load_checkpoint(path, MODEL_KIND)
     try:
-        cfg = ModelConfig(**payload["config"])
+        # models saved before pose hypotheses existed had one
+        cfg = ModelConfig(**{"hypotheses": 1, **payload["config"]})
         model = SiameseDistance(cfg)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError) as exc:
