@@ -210,7 +210,8 @@ proposer = None
 if cfg.poses == "network":
     from cryorient.refine.loop import first_map
     first, lp = first_map(reference, start, px, cfg)
-    proposer = NetworkProposer(imaging_from_stack(blind, first, lp), Path("{work}"), hypotheses={hypotheses})
+    proposer = NetworkProposer(imaging_from_stack(blind, first, lp), Path("{work}"), hypotheses={hypotheses},
+                               symmetry=cfg.symmetry)
 per_round = []
 def judge(r, rot):
     per_round.append(round(evaluate_poses(nearest_mates(rot, truth.rotations, judge_group), None, truth,
@@ -303,7 +304,7 @@ def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry
                                       initial=sim / ("abinitio_noise.mrc" if kind == "noise" else "abinitio.mrc")))
     label = (f"cryorient ({poses}" + (f", {symmetry}" if symmetry != "C1" else "") + (", relaxed" if relax else "")
              + (", from the particles" if start == "particles" else "")
-             + (f", {hypotheses} hypotheses" if poses == "network" else ""))
+             + (f", {hypotheses} hypothes{'is' if hypotheses == 1 else 'es'}" if poses == "network" else ""))
     return {"structure": name, "reference": kind, "method": label + ")", **r}
 
 

@@ -2,7 +2,7 @@
 with, on the same machine in one run.
 
     python bench/train_speed.py                      # everything (about 2 h on 2 cores)
-    python bench/train_speed.py --only demo          # or: proteins finetune augment seed
+    python bench/train_speed.py --only demo          # or: proteins finetune augment seed symmetric
     python bench/train_speed.py --only proteins --structures 3kpr 1ake_adk_closed --ctf yes
 
 Cases (box 64, SNR 1/16, shifts up to 4 px):
@@ -23,6 +23,9 @@ Cases (box 64, SNR 1/16, shifts up to 4 px):
 - seed: the original work's configuration (its encoder, cosine head, pairs objective) on its
   5j0n map, clean and sigma^2 = 16, trained with the same speed-ups for ``--seed-minutes``,
   recovered from its distances: median error beside the original's 11.4 / 14.6 deg.
+- symmetric: a C4 ring (3q4oA x 4, 2 Å/px, CTF, N=2000) trained for ``--symmetric-minutes`` with the pose
+  loss in C1 or modulo C4 (the nearest symmetry mate), one or four hypotheses: the network's pose
+  error modulo C4.
 Writes bench/results/train_speed*.json.
 """
 
@@ -216,6 +219,57 @@ def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tupl
     return rows
 
 
+OLIGOMER = """
+from cryorient.structure import make_oligomer, read_atoms, resolve_structure, write_structure
+from cryorient.symmetry import point_group
+write_structure(make_oligomer(read_atoms(resolve_structure("3q4oA")), point_group("{group}").operators.numpy()),
+                "{out}")
+print("{{}}")
+"""
+
+SYMMETRIC_POSES = """
+import json, math, torch
+from cryorient.distance.predict import hypotheses_stack
+from cryorient.distance.train import load_model
+from cryorient.evaluation import truth_of
+from cryorient.particles import read_particles
+from cryorient.symmetry import point_group, symmetric_distance
+full = read_particles("{star}"); truth = truth_of(full)
+hyp = hypotheses_stack(load_model("{model}"), full.blind())  # (N, K, 3, 3), best-scored first
+group = point_group("{group}")
+best = symmetric_distance(hyp[:, 0], truth.rotations, group)
+nearest = symmetric_distance(hyp, truth.rotations[:, None], group).min(1).values
+def med(d):
+    return round(math.degrees(float(d.median())), 2)
+print(json.dumps({{"network_deg": med(best), "within_15deg": round(float((best < math.radians(15)).float().mean()), 3),
+                  "nearest_hypothesis_deg": med(nearest)}}))
+"""
+
+
+def symmetric(tmp: Path, minutes: float, group: str = "C4") -> list[dict]:
+    """Training on a symmetric particle: the pose loss in C1 (one hypothesis: it regresses between
+    the symmetry mates; four: winner-takes-all spreads the hypotheses over them) or modulo the group
+    (the nearest mate is the target), judged modulo the group on the stack's particles."""
+    structure = tmp / f"oligomer_{group}.cif"
+    if not structure.is_file():
+        run_isolated(OLIGOMER.format(group=group, out=structure))
+    sim = tmp / f"{group}_ctf"
+    if not (sim / "particles.star").is_file():
+        run_isolated(SIMULATE.format(out=sim, structure=structure, px=2.0, chains=None, n=2000, snr="1/16",
+                                     noise=None, ctf=True))
+    rows = []
+    for loss_group, k in (("C1", 1), ("C1", 4), (group, 1), (group, 4)):
+        out = sim / f"train_{loss_group}_k{k}"
+        tr = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference=structure, chains=None,
+                                           model={"hypotheses": k}, minutes=minutes,
+                                           train={"symmetry": loss_group}, out=out, init=None))
+        poses = run_isolated(SYMMETRIC_POSES.format(star=sim / "particles.star", model=out / "model.pt", group=group))
+        rows.append({"particle": f"{group} oligomer of 3q4oA", "pose_loss": loss_group, "hypotheses": k,
+                     "train_min": round(tr["seconds"] / 60, 1), "epochs": tr["epochs"], **poses})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def moved_domain(tmp: Path, degrees: float) -> Path:
     """3kpr_single with its T-cell receptor (chains D, E) rotated by ``degrees`` about its hinge."""
     moved = tmp / f"moved{degrees:g}.cif"
@@ -342,7 +396,8 @@ def seed(tmp: Path, seed_map: Path, minutes: float) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", nargs="*", default=None, help="demo proteins finetune augment seed")
+    ap.add_argument("--only", nargs="*", default=None, help="demo proteins finetune augment seed symmetric")
+    ap.add_argument("--symmetric-minutes", type=float, default=3.0, help="budget of each symmetric case")
     ap.add_argument("--demo-minutes", type=float, default=5.0)
     ap.add_argument("--minutes", type=float, default=10.0, help="budget of the protein cases")
     ap.add_argument("--seed-minutes", type=float, default=15.0)
@@ -393,6 +448,14 @@ def main() -> None:
                                          ("val_median_deg", "val median °"), ("exact_deg", "exact particles °"),
                                          ("moved_deg", "domain moved 15° °")],
                     "Perturbing the reference while training, 3 min each (SNR 1/16, CTF, N=2000)")
+    if wanted("symmetric"):
+        results["symmetric"] = symmetric(tmp, args.symmetric_minutes)
+        print_table(results["symmetric"], [("particle", "particle"), ("pose_loss", "pose loss in"),
+                                           ("hypotheses", "hypotheses"), ("train_min", "train min"),
+                                           ("epochs", "epochs"), ("network_deg", "network ° (modulo C4)"),
+                                           ("within_15deg", "within 15°"),
+                                           ("nearest_hypothesis_deg", "nearest hypothesis °")],
+                    "Training on a C4 ring (box 64 at 2 Å/px, SNR 1/16, CTF, N=2000), errors modulo C4")
     if wanted("seed"):
         results["seed"] = seed(tmp, Path(args.seed_map).resolve(), args.seed_minutes)
         print_table(results["seed"], [("case", "case"), ("train_min", "train min"), ("epochs", "epochs"),

@@ -103,6 +103,9 @@ def test_train_and_distances_bad_inputs(trained, tmp_path):
           "--hypotheses", "2"], "pose hypotheses need the rotation head"),
         (["train", "--reference", "1ake_adk_closed", *base, "--objective", "pairs", "--hypotheses", "2"],
          "pairs objective trains one pose hypothesis"),
+        (["train", "--reference", "1ake_adk_closed", *base, "--symmetry", "C0"], "unknown symmetry"),
+        (["train", "--reference", "1ake_adk_closed", *base, "--objective", "pairs", "--symmetry", "C2"],
+         "assume C1"),
     ]:
         code, _, err = run_cli(*args, "--outdir", tmp_path / "o", "--quiet")
         assert_one_line_error(code, err, fragment)

@@ -56,6 +56,30 @@ def test_distance_modulo_the_group():
     assert torch.allclose(nearest_mates(mates, r, g), r, atol=1e-6)
 
 
+def test_the_pose_loss_and_validation_take_the_nearest_symmetry_mate():
+    # a network whose output is the same rotation M for every image, and true poses that are
+    # each a C4 mate of M: right modulo C4 (loss and errors ~0), wrong in C1
+    from cryorient.config import ModelConfig, TrainConfig
+    from cryorient.distance.model import SiameseDistance
+    from cryorient.distance.train import batch_loss, evaluate_model
+
+    net = SiameseDistance(ModelConfig(width=4, input_size=16, hypotheses=1))
+    m = so3.sample_rotations(1, torch.Generator().manual_seed(0))[0]
+    with torch.no_grad():
+        net.project.weight.zero_()
+        net.project.bias.copy_(m.reshape(9))
+    ops = point_group("C4").ops()
+    rot = ops[torch.arange(32) % 4].transpose(-1, -2) @ m  # S_k^T M: its mate S_k R is M
+    images = torch.randn(32, 16, 16)
+    losses = {g: float(batch_loss(net, images, rot, torch.zeros(0), TrainConfig(symmetry=g, model=net.config)).detach())
+              for g in ("C1", "C4")}
+    assert losses["C4"] < 1e-9 and losses["C1"] > 1.0, losses  # C1: 3/4 of the poses 90-180 deg away
+    errors = {g: evaluate_model(net, images, rot, "pose", g)["val_median_deg"] for g in ("C1", "C4")}
+    assert errors["C4"] < 0.1 and errors["C1"] > 80, errors
+    with pytest.raises(CryorientError, match="pairs objective"):
+        TrainConfig(objective="pairs", symmetry="C4", model=ModelConfig(hypotheses=1))
+
+
 @pytest.mark.parametrize("name", ["C4", "D2", "O"])
 def test_the_asymmetric_unit_of_a_grid_covers_every_view(name):
     """The search grid cut to one asymmetric unit keeps 1/order of its points; with a margin of

@@ -221,6 +221,9 @@ class TrainConfig:
     val_size: int = 384
     weak_median_deg: float = 30.0  # a validation median pose error above this: the model is not trusted
     precision: Precision = "auto"  # auto: bf16 where the hardware has it (GPU, AVX512-BF16/AMX CPU)
+    # the reference's point group (RELION's names): a pose is right when it is any of its symmetry
+    # mates, so the pose loss and the validation take the nearest mate (pose objective only)
+    symmetry: str = "C1"
     model: ModelConfig = field(default_factory=ModelConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
@@ -244,6 +247,10 @@ class TrainConfig:
         require(not (self.objective == "pose" and self.model.head != "rotation"),
                 "the pose objective needs the rotation head (the cosine head goes with the pairs "
                 "objective)")
+        check_symmetry(self.symmetry)
+        require(self.objective == "pose" or check_symmetry(self.symmetry) == "C1",
+                "the pairs objective (and the distance recovery) assume C1; a symmetric reference needs the "
+                "pose objective")
         require(self.objective == "pose" or self.model.hypotheses == 1,
                 "the pairs objective trains one pose hypothesis per image: set hypotheses to 1 "
                 "(--hypotheses 1), or use the pose objective")
@@ -525,6 +532,9 @@ class PipelineConfig:
                     "a symmetric refinement needs a reference in RELION's symmetry frame (the ab initio map "
                     "is made in C1, in a frame of its own)")
         else:
+            require(self.refinement.symmetry == "C1",
+                    "the distance method recovers orientations in C1 (its distances do not know the point "
+                    "group); for a symmetric particle use --method refine")
             require(self.reference is not None or self.model is not None,
                     "the distance method needs a reference structure or map to train on, or a trained "
                     "model; no library model ships with cryorient")

@@ -386,7 +386,7 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
         imaging = imaging_from_stack(blind, first, lp,
                                      generator=torch.Generator().manual_seed(cfg.seed))
         proposer = NetworkProposer(imaging, d / "networks", rc.train_minutes, rc.finetune_minutes, seed=cfg.seed,
-                                   hypotheses=cfg.train.model.hypotheses, device=device)
+                                   hypotheses=cfg.train.model.hypotheses, symmetry=rc.symmetry, device=device)
     result = refine(blind, reference, rc, proposer, device, progress=lambda msg: log.info("%s", msg), start=start)
     metrics = write_refinement(result, blind, d)
     # the controls: how much of the reference beyond the start resolution is in the map, and

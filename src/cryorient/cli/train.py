@@ -64,8 +64,11 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=_M.input_size, help="network input size in px")
     p.add_argument("--hypotheses", type=int, default=None,
                    help=f"pose hypotheses per image, each with a score (rotation head): more than one keeps "
-                        f"the views a small protein cannot tell apart (docs/model.md) (default: {DEFAULT_HYPOTHESES} "
-                        f"with the pose objective, 1 with the pairs objective)")
+                        f"the views a small protein cannot tell apart (docs/model.md); None: {DEFAULT_HYPOTHESES} "
+                        f"with the pose objective, 1 with the pairs objective")
+    p.add_argument("--symmetry", default=_T.symmetry, type=str.upper,
+                   help="the reference's point group (RELION's names, the reference in RELION's symmetry "
+                        "frame): the pose loss takes the nearest symmetry mate of each true pose")
     p.add_argument("--snr", type=parse_snr, default=None, help="training SNR (default: estimated)")
     p.add_argument("--curriculum", type=float, default=_T.curriculum_snr_factor,
                    help="the first epochs train at this multiple of the SNR (1: no curriculum)")
@@ -98,7 +101,7 @@ def config_from_args(args: argparse.Namespace, box: int, pixel_size: float, has_
                        batch_size=args.batch_size, lr=args.lr, loss=args.loss, objective=args.objective,
                        curriculum_snr_factor=args.curriculum,
                        curriculum_epochs=_T.curriculum_epochs if args.curriculum > 1 else 1,
-                       precision=args.precision, model=model,
+                       precision=args.precision, symmetry=args.symmetry, model=model,
                        augmentation=AugmentationConfig(enabled=args.augment))
 
 

@@ -39,7 +39,8 @@ class NetworkProposer:
     train_minutes: float = 2.0
     finetune_minutes: float = 0.5
     input_size: int = 32
-    hypotheses: int = 1  # pose hypotheses per particle (ModelConfig.hypotheses)
+    hypotheses: int | None = None  # pose hypotheses per particle (ModelConfig.hypotheses; None: its default)
+    symmetry: str = "C1"  # the maps' point group: the networks learn poses modulo it
     seed: int = 0
     device: torch.device | None = None
     models: dict = field(default_factory=dict)  # half -> the last model trained for it
@@ -55,6 +56,7 @@ class NetworkProposer:
         init = self.models.get(half)
         first = init is None
         cfg = TrainConfig(minutes=self.train_minutes if first else self.finetune_minutes, model=model,
+                          symmetry=self.symmetry,
                           curriculum_epochs=TrainConfig().curriculum_epochs if first else 1)
         # this half's CTF parameters only: nothing of the other half reaches it
         imaging = replace(self.imaging, ctf=particles.ctf())

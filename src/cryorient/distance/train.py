@@ -50,6 +50,7 @@ from ..config import ModelConfig, TrainConfig
 from ..errors import CryorientError
 from ..io import load_checkpoint, save_checkpoint
 from ..so3 import rotmat_distance
+from ..symmetry import point_group, symmetric_distance
 from .data import ImagingModel, ReferenceSampler
 from .model import SiameseDistance, count_parameters
 
@@ -69,7 +70,12 @@ def batch_loss(model, inputs: torch.Tensor, rot: torch.Tensor, designed: torch.T
         # chordal loss on the head's raw 3x3 output (before the SVD): smooth, and measured to
         # leave the initial plateau sooner than the geodesic loss
         mats, logits = net.split(raw)
-        per = ((mats - rot[:, None]) ** 2).sum((-2, -1))  # (B, K)
+        ops = point_group(cfg.symmetry).ops(rot.dtype, rot.device)
+        if ops.shape[0] == 1:
+            per = ((mats - rot[:, None]) ** 2).sum((-2, -1))  # (B, K)
+        else:  # the nearest symmetry mate S R of the true pose is the target
+            mates = (ops @ rot[:, None])[:, None]  # (B, 1, G, 3, 3)
+            per = ((mats[:, :, None] - mates) ** 2).sum((-2, -1)).min(-1).values
         if logits is None:
             return per[:, 0].mean()
         # K hypotheses: winner takes (nearly) all, so each specialises on one mode of an
@@ -94,12 +100,18 @@ def batch_loss(model, inputs: torch.Tensor, rot: torch.Tensor, designed: torch.T
 
 
 @torch.no_grad()
-def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tensor, objective: str) -> dict:
+def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tensor, objective: str,
+                   symmetry: str = "C1") -> dict:
     """Errors on a validation batch. Pair distances (all pairs, and pairs closer than 0.5 / 1
     rad; the overlap of each image's 5 nearest neighbours by prediction and by truth); with
     the pose objective, each image's predicted orientation against its true one (median,
     fraction within 15 degrees); ``val_loss`` (the mean pose error, or the pair MAE) drives the
-    schedule."""
+    schedule. With a point group, every orientation error and distance is modulo the group."""
+    group = point_group(symmetry)
+
+    def apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # orientations (..., 3, 3)
+        return rotmat_distance(a, b) if group.order == 1 else symmetric_distance(a, b, group)
+
     was_training = model.training
     model.eval()
     if model.config.hypotheses > 1:  # one pass: the best-scored hypothesis is the embedding
@@ -111,8 +123,8 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     model.train(was_training)
     n = inputs.shape[0]
     i, j = torch.triu_indices(n, n, offset=1, device=emb.device)
-    pred = model.distance(emb[i], emb[j])
-    true = rotmat_distance(rot[i], rot[j])
+    pred = model.distance(emb[i], emb[j]) if group.order == 1 else apart(emb[i].view(-1, 3, 3), emb[j].view(-1, 3, 3))
+    true = apart(rot[i], rot[j])
     err = (pred - true).abs()
     out = {"val_mae": float(err.mean()), "val_rmse": float((err**2).mean().sqrt())}
     for cut in (0.5, 1.0):
@@ -128,9 +140,9 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     nn_true = dm_true.topk(5, largest=False).indices
     out["val_knn5_overlap"] = float((nn_pred[:, :, None] == nn_true[:, None, :]).any(-1).float().mean())
     if objective == "pose":
-        pose_err = rotmat_distance(emb.view(-1, 3, 3), rot)
+        pose_err = apart(emb.view(-1, 3, 3), rot)
         if hyp is not None:  # the nearest of the K hypotheses (what a local search can reach)
-            nearest = rotmat_distance(hyp, rot[:, None]).min(1).values
+            nearest = apart(hyp, rot[:, None]).min(1).values
             out["val_nearest_median_deg"] = float(torch.rad2deg(nearest.median()))
         out["val_median_deg"] = float(torch.rad2deg(pose_err.median()))
         out["val_within_15deg"] = float((pose_err < math.radians(15)).float().mean())
@@ -357,7 +369,7 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
             samplers = gathered
         decision = [None, schedule.planned_epochs]
         if rank == 0:
-            metrics = evaluate_model(net, *val, cfg.objective)
+            metrics = evaluate_model(net, *val, cfg.objective, cfg.symmetry)
             schedule.update(metrics["val_loss"], cfg)
             schedule.plan([h["seconds"] for h in history] + [time.perf_counter() - t0], elapsed, epoch, cfg)
             record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "snr_factor": factor,
