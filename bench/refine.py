@@ -41,7 +41,7 @@ from pathlib import Path
 import starfile
 
 from common import print_table, run_isolated, write_results
-from cryorient.config import DEFAULT_HYPOTHESES
+from cryorient.config import DEFAULT_HYPOTHESES, RefineConfig
 
 STRUCTURES = {
     "3kpr_single": {"structure": "3kpr_single", "chains": None, "px": 2.5, "moving": ("D", "E"), "missing": "E"},
@@ -186,7 +186,8 @@ from cryorient.refine.loop import refine
 from cryorient.volumes import shell_frequencies
 {blind_stack}px = blind.pixel_size
 reference = load_reference("{reference}", blind.box, px)
-cfg = RefineConfig(initial_lowpass={lowpass}, poses="{poses}", symmetry="{symmetry}", relax_symmetry={relax})
+cfg = RefineConfig(initial_lowpass={lowpass}, poses="{poses}", symmetry="{symmetry}", relax_symmetry={relax},
+                   converged_deg={converged})
 from cryorient.symmetry import nearest_mates, point_group
 from cryorient.so3 import rotmat_distance
 judge_group = point_group("C1" if cfg.relax_symmetry else cfg.symmetry)
@@ -284,7 +285,8 @@ def reference_for(tmp: Path, name: str, kind: str) -> Path:
 
 
 def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry: str = "C1",
-                   relax: bool = False, start: str = "reference", hypotheses: int = DEFAULT_HYPOTHESES) -> dict:
+                   relax: bool = False, start: str = "reference", hypotheses: int = DEFAULT_HYPOTHESES,
+                   converged: float = RefineConfig().converged_deg) -> dict:
     sim = stack_for(tmp, "3kpr_single" if kind == "other" and name != "3kpr_single" else name, n)
     if kind == "other":  # particles of another protein, this reference
         other = tmp / f"other_{name}_n{n}{_box_tag()}"
@@ -300,11 +302,13 @@ def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry
     r = run_isolated(CRYORIENT.format(blind_stack=blind, reference=ref, truth=sim / "volume.mrc",
                                       lowpass=lowpass, poses=poses, work=work, noise=kind == "noise",
                                       symmetry=symmetry, relax=relax, start=start, hypotheses=hypotheses,
+                                      converged=converged,
                                       pseudo=STRUCTURES[name].get("sym", "C1") if name == "1a28" else "C1",
                                       initial=sim / ("abinitio_noise.mrc" if kind == "noise" else "abinitio.mrc")))
     label = (f"cryorient ({poses}" + (f", {symmetry}" if symmetry != "C1" else "") + (", relaxed" if relax else "")
              + (", from the particles" if start == "particles" else "")
-             + (f", {hypotheses} hypothes{'is' if hypotheses == 1 else 'es'}" if poses == "network" else ""))
+             + (f", {hypotheses} hypothes{'is' if hypotheses == 1 else 'es'}" if poses == "network" else "")
+             + (f", stop under {converged:g}°" if converged != RefineConfig().converged_deg else ""))
     return {"structure": name, "reference": kind, "method": label + ")", **r}
 
 
@@ -478,6 +482,8 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true", help="network vs global search at 20 Å (use --only with no case)")
     ap.add_argument("--scaling-sizes", nargs="*", type=int, default=[2000, 20000, 100000])
     ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--converged-deg", type=float, default=RefineConfig().converged_deg,
+                    help="the loop's stop rule: poses moved less than this (median) in the last round")
     ap.add_argument("--box", type=int, default=64, choices=(32, 64),
                     help="32: the same particles binned by 2 (twice the pixel size), for RELION to finish")
     ap.add_argument("--workdir", default=None)
@@ -509,7 +515,7 @@ def main() -> None:
                 variants = [("C1", False), (sym, True)]
             for symmetry, relax in variants:
                 results["cases"].append(cryorient_case(tmp, name, kind, args.n, poses, symmetry, relax, args.start,
-                                                       args.hypotheses))
+                                                       args.hypotheses, args.converged_deg))
                 print(results["cases"][-1], flush=True)
                 write_results(stem, results)  # after each case: a long run stopped keeps what it measured
         if args.relion and kind in ("exact", "moved15", "lowpass60") and shutil.which("relion_refine_mpi"):
