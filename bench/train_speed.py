@@ -41,6 +41,7 @@ from pathlib import Path
 
 from common import print_table, run_isolated, write_results
 from cryorient.config import DEFAULT_HYPOTHESES
+from refine import structure_path
 
 REPO = Path(__file__).resolve().parents[1]
 OLD_COMMIT = "e4edf8d"  # the last commit before this bench's training changes
@@ -219,14 +220,6 @@ def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tupl
     return rows
 
 
-OLIGOMER = """
-from cryorient.structure import make_oligomer, read_atoms, resolve_structure, write_structure
-from cryorient.symmetry import point_group
-write_structure(make_oligomer(read_atoms(resolve_structure("3q4oA")), point_group("{group}").operators.numpy()),
-                "{out}")
-print("{{}}")
-"""
-
 SYMMETRIC_POSES = """
 import json, math, torch
 from cryorient.distance.predict import hypotheses_stack
@@ -250,9 +243,7 @@ def symmetric(tmp: Path, minutes: float, group: str = "C4") -> list[dict]:
     """Training on a symmetric particle: the pose loss in C1 (one hypothesis: it regresses between
     the symmetry mates; four: winner-takes-all spreads the hypotheses over them) or modulo the group
     (the nearest mate is the target), judged modulo the group on the stack's particles."""
-    structure = tmp / f"oligomer_{group}.cif"
-    if not structure.is_file():
-        run_isolated(OLIGOMER.format(group=group, out=structure))
+    structure = structure_path(tmp, group)  # built as bench/refine.py builds its oligomers
     sim = tmp / f"{group}_ctf"
     if not (sim / "particles.star").is_file():
         run_isolated(SIMULATE.format(out=sim, structure=structure, px=2.0, chains=None, n=2000, snr="1/16",

@@ -244,11 +244,11 @@ class TrainConfig:
         _choice(self.objective, Objective, "objective")
         _choice(self.precision, Precision, "precision")
         _choice(self.schedule, Schedule, "schedule")
+        symmetry = check_symmetry(self.symmetry)
         require(not (self.objective == "pose" and self.model.head != "rotation"),
                 "the pose objective needs the rotation head (the cosine head goes with the pairs "
                 "objective)")
-        check_symmetry(self.symmetry)
-        require(self.objective == "pose" or check_symmetry(self.symmetry) == "C1",
+        require(self.objective == "pose" or symmetry == "C1",
                 "the pairs objective (and the distance recovery) assume C1; a symmetric reference needs the "
                 "pose objective")
         require(self.objective == "pose" or self.model.hypotheses == 1,
