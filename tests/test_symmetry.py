@@ -73,9 +73,10 @@ def test_the_pose_loss_and_validation_take_the_nearest_symmetry_mate():
     images = torch.randn(32, 16, 16)
     losses = {g: float(batch_loss(net, images, rot, torch.zeros(0), TrainConfig(symmetry=g, model=net.config)).detach())
               for g in ("C1", "C4")}
-    assert losses["C4"] < 1e-9 and losses["C1"] > 1.0, losses  # C1: 3/4 of the poses 90-180 deg away
+    # measured 0.0 and 4.0 (C1: 3/4 of the poses 90-180 deg away)
+    assert losses["C4"] < 1e-9 and losses["C1"] > 1.0, losses
     errors = {g: evaluate_model(net, images, rot, "pose", g)["val_median_deg"] for g in ("C1", "C4")}
-    assert errors["C4"] < 0.1 and errors["C1"] > 80, errors
+    assert errors["C4"] < 0.1 and errors["C1"] > 80, errors  # measured 3e-5 and 90 deg
     with pytest.raises(CryorientError, match="pairs objective"):
         TrainConfig(objective="pairs", symmetry="C4", model=ModelConfig(hypotheses=1))
 
