@@ -229,6 +229,8 @@ out = {{"seconds": round(seconds), "rounds": len(result.rounds), "signal": resul
         "half_maps_poses_apart_deg": None if math.isnan(result.cross_half_deg) else round(result.cross_half_deg, 2),
         "cross_check_step_deg": None if math.isnan(result.cross_half_step_deg)
         else round(result.cross_half_step_deg, 2),
+        "half_maps_poses_far_share": None if math.isnan(result.cross_half_far_share)
+        else round(result.cross_half_far_share, 3),
         "resolution_A": round(result.resolution.angstrom, 2) if result.reportable else None,
         "half_maps_A": round(result.resolution.angstrom, 2),
         "fsc_vs_reference_beyond_start": round(float(vs_ref.max()), 3),
@@ -530,7 +532,8 @@ def main() -> None:
                                    ("fsc_vs_reference_beyond_start", "FSC(map, ref) beyond start"),
                                    ("fsc_vs_reference_within_start", "FSC(map, ref) up to start"),
                                    ("matches_reference", "matches ref"),
-                                   ("half_maps_poses_apart_deg", "half maps' poses apart °")],
+                                   ("half_maps_poses_apart_deg", "half maps' poses apart °"),
+                                   ("half_maps_poses_far_share", "share far apart")],
                 f"Refinement, box {BOX}, N={args.n}, SNR 1/16, CTF")
     if args.scaling:
         results["scaling"] = scaling(tmp, args.scaling_sizes, 20.0, 7.5, 2.0)

@@ -77,6 +77,8 @@ def write_refinement(result: RefineResult, stack: ParticleStack, outdir: Path) -
         "started_from_particles": result.independent_start,
         "matches_reference": result.matches_reference,
         "half_maps_poses_apart_deg": None if np.isnan(result.cross_half_deg) else round(result.cross_half_deg, 2),
+        "half_maps_poses_far_share": None if np.isnan(result.cross_half_far_share)
+        else round(result.cross_half_far_share, 3),
         "half_maps_poses_agree": result.poses_agree,
         "confidence_median": float(np.median(conf)),
         "warnings": result.warnings(),
