@@ -180,7 +180,7 @@ from cryorient.config import RefineConfig, ReconstructConfig
 from cryorient.density import load_reference
 from cryorient.distance.data import imaging_from_stack
 from cryorient.distance.proposer import NetworkProposer
-from cryorient.evaluation import evaluate_poses
+from cryorient.evaluation import evaluate, evaluate_poses
 from cryorient.reconstruct.run import reconstruct
 from cryorient.refine.loop import refine
 from cryorient.volumes import shell_frequencies
@@ -256,6 +256,14 @@ if not {noise}:
         moved = rotmat_distance(mates, result.rotations) > 1e-3  # the truth is nearer another mate
         out.update(median_modulo_pseudo_deg=round(evaluate_poses(mates, None, truth, px).median_deg, 2),
                    share_at_pseudo_mate=round(float(moved.float().mean()), 3))
+    per_half = []  # each half on its own (its own alignment to the truth): one can hold a mixture
+    for idx in blind.half_sets():
+        t_idx = torch.as_tensor(idx)
+        err = evaluate(nearest_mates(result.rotations[t_idx], truth.rotations[t_idx], judge_group),
+                       truth.rotations[t_idx]).errors["rotation"]
+        per_half.append({{"median_deg": round(math.degrees(float(err.median())), 2),
+                          "share_above_20_deg": round(float((err > math.radians(20)).float().mean()), 3)}})
+    out.update(per_half=per_half)
     out.update(median_deg=round(ev.median_deg, 2), hand=ev.metrics()["hand"],
                map_offset_A=round(ev.map_offset_angstrom, 2),
                vs_truth_A=round(mine.resolution_reference.angstrom, 2),
