@@ -15,6 +15,10 @@ RELION
     particle is drawn at ``(D//2 - originX / pixel_size, D//2 - originY / pixel_size)`` (x is
     the column, y the row).
 
+In-plane quarter turns
+    :func:`quarter_turn` turns images by ``k`` quarter turns about the centre pixel; the turned
+    image of a view ``R`` is exactly the view ``R · Rz(90° k)`` (:func:`quarter_turn_matrix`).
+
 Quaternions
     ``(..., 4)`` scalar-last ``xyzw`` (roma, scipy), unit norm, written with ``w >= 0``.
 
@@ -53,3 +57,23 @@ def centre_index(size: int) -> int:
 def hand_matrix(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """``J = diag(1, 1, -1)``: the mirror that maps one hand to the other."""
     return torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=dtype, device=device))
+
+
+def quarter_turn(images: torch.Tensor, k: int) -> torch.Tensor:
+    """Images ``(..., D, D)`` turned by ``k`` quarter turns about the centre pixel ``D // 2``
+    (exact: no interpolation). The turned projection of ``R`` is the projection of
+    ``R @ quarter_turn_matrix(k)``."""
+    k %= 4
+    out = torch.rot90(images, k, dims=(-2, -1))  # about (D - 1) / 2: move the centre back to D // 2
+    if images.shape[-1] % 2 == 0:
+        if k in (1, 2):
+            out = torch.roll(out, 1, dims=-2)
+        if k in (2, 3):
+            out = torch.roll(out, 1, dims=-1)
+    return out
+
+
+def quarter_turn_matrix(k: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """``Rz(90° k)``: the rotation taking a view to its image turned by :func:`quarter_turn`."""
+    c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][k % 4]
+    return torch.tensor([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=dtype, device=device)
