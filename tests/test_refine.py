@@ -100,8 +100,8 @@ def test_refinement_from_a_lowpassed_reference(volume):
 
 def test_every_pose_hypothesis_of_a_network_is_a_candidate(volume):
     """A proposer with two hypotheses per particle, the first wrong (random) and the second
-    right: the loop scores each against the map, so the second wins nearly every particle and
-    the wrong first one nearly none."""
+    right: the loop scores each against the map, so the network (the second) wins nearly every
+    particle."""
     from cryorient.refine.loop import Proposal
 
     stack, truth = _stack(volume, 200, 1.0)
@@ -117,9 +117,8 @@ def test_every_pose_hypothesis_of_a_network_is_a_candidate(volume):
     cfg = RefineConfig(initial_lowpass=25.0, max_rounds=1, poses="network", search_step_max_deg=12.0)
     result = refine(stack, volume, cfg, TwoHypotheses())
     shares = [dict(part.rsplit(" ", 1) for part in half.split(" + ")) for half in result.rounds[0].proposals.split("/")]
-    for half in shares:  # measured: network 2 87% and 84%, network 0% and 0% (the search the rest)
-        assert float(half["network 2"].rstrip("%")) > 70.0, shares
-        assert float(half["network"].rstrip("%")) < 5.0, shares
+    for half in shares:  # measured: network 87% and 84% (the search the rest); the first alone is random
+        assert float(half["network"].rstrip("%")) > 70.0, shares
     # one round at 25 Å: measured 7.6° (the search alone: 27.3° after its first round,
     # test_refinement_from_a_lowpassed_reference)
     median = math.degrees(float(evaluate(result.rotations, truth.rotations).errors["rotation"].median()))

@@ -624,6 +624,10 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
                                                                       cfg.max_shift_fraction * s)
                         candidates["network" if k == 0 else f"network {k + 1}"] = (r_net, o_net)
             (r_h, o_h), shares = _best_candidates(images, ctf_h, px_s, prepared, cutoff, candidates)
+            network = [k for k in shares if k.startswith("network")]  # the network's hypotheses, as one
+            if network:
+                shares = {k: v for k, v in shares.items() if k not in network} | {
+                    "network": sum(shares[k] for k in network)}
             how = " + ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())
             if cfg.local_steps > 0:
                 r_h, o_h = refine_poses(images, ctf_h, px_s, prepared, r_h, o_h, cutoff, cfg.local_steps)
