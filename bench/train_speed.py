@@ -99,29 +99,34 @@ full = read_particles("{star}"); truth = truth_of(full); stack = full.blind()
 volume = load_volume("{reference}", DensityConfig(box=64, pixel_size=stack.pixel_size, chains={chains}))
 def med(r):
     return round(math.degrees(float(evaluate(r, truth.rotations).errors["rotation"].median())), 2)
-hyp = hypotheses_stack(load_model("{model}"), stack)  # (N, K, 3, 3), best-scored first
-net = hyp[:, 0]
+model = load_model("{model}")
+one_reading = hypotheses_stack(model, stack, turns=1)  # (N, K, 3, 3), best-scored first
+net = one_reading[:, 0]
+# the candidates: the K hypotheses of the image and of its {turns} - 1 quarter turns, turned back
+hyp = hypotheses_stack(model, stack, turns={turns})  # (N, turns K, 3, 3), the most probable first
 s = 32; px = stack.pixel_size * 64 / s
 raw = stack.images.read()
 images = fourier_resize(raw, s)
 prepared = prepare_volume(fourier_resize_volume(volume, s))
-# the local refinement: a search of the {radius} deg about each network pose (5 deg lattice) at the
-# network's input sampling, then of the 5 deg about that (1.25 deg) at the stack's; the exhaustive
-# search (5 deg grid at the same input sampling) gets the same fine stage, and "better" keeps per
-# particle whichever of the two scores higher at 32 px (truth-blind, as the refinement loop's
-# candidates compete). With K pose hypotheses, the coarse stage searches about each and keeps
-# the best-scoring pose per particle.
-runs = [local_search(images, stack.ctf(), px, prepared, hyp[:, k].contiguous(), local_grid({radius}, 5.0),
-                     cutoff=0.5, max_shift_px=3.0) for k in range(hyp.shape[1])]
-best = torch.stack([c.scores for c in runs]).argmax(0)  # the first of equal scores
-def pick(field):
-    return torch.stack([getattr(c, field) for c in runs])[best, torch.arange(stack.n)]
-coarse = SearchResult(pick("rotations"), pick("shifts_px"), pick("scores"), pick("confidence"))
-# no search: of the K hypotheses, the one that scores best against the reference (shifts searched)
-one = [local_search(images, stack.ctf(), px, prepared, hyp[:, k].contiguous(), torch.eye(3)[None], cutoff=0.5,
-                    max_shift_px=3.0) for k in range(hyp.shape[1])]
-scored = hyp[torch.arange(stack.n), torch.stack([c.scores for c in one]).argmax(0)]
-# the nearest hypothesis to the truth, all K under the best-scored one's alignment
+rows = torch.arange(stack.n)
+def best_of(runs):  # per particle, the best-scoring of several searches
+    b = torch.stack([c.scores for c in runs]).argmax(0)  # the first of equal scores
+    return SearchResult(*(torch.stack([getattr(c, f) for c in runs])[b, rows]
+                          for f in ("rotations", "shifts_px", "scores", "confidence")))
+# no search: of the candidates, the one that scores best against the reference (shifts searched)
+one = best_of([local_search(images, stack.ctf(), px, prepared, hyp[:, k].contiguous(), torch.eye(3)[None],
+                            cutoff=0.5, max_shift_px=3.0) for k in range(hyp.shape[1])])
+scored = one.rotations
+# the local refinement: a search of the {radius} deg about each candidate on a 10 deg lattice at the
+# network's input sampling, the best-scoring kept, then of the 7.5 deg about it on a 2.5 deg lattice,
+# then of the 5 deg about that (1.25 deg) at the stack's sampling. The exhaustive search (5 deg grid
+# at the same input sampling) gets the same last stage, and "better" keeps per particle whichever of
+# the two scores higher at 32 px (truth-blind, as the refinement loop's candidates compete).
+wide = best_of([local_search(images, stack.ctf(), px, prepared, hyp[:, k].contiguous(), local_grid({radius}, 10.0),
+                             cutoff=0.5, max_shift_px=3.0) for k in range(hyp.shape[1])])
+coarse = local_search(images, stack.ctf(), px, prepared, wide.rotations, local_grid(7.5, 2.5), cutoff=0.5,
+                      max_shift_px=1.5, origins_px=-wide.shifts_px)
+# the nearest candidate to the truth, all under the one reading's best-scored hypothesis's alignment
 al = evaluate(net, truth.rotations).alignment
 nearest = torch.stack([so3.rotmat_distance(al.apply(hyp[:, k].contiguous()), truth.rotations)
                        for k in range(hyp.shape[1])]).min(0).values
@@ -133,7 +138,8 @@ def fine(start):
 net_fine, search_fine = fine(coarse), fine(found)
 take = coarse.scores >= found.scores
 better = torch.where(take[:, None, None], net_fine, search_fine)
-print(json.dumps({{"network_deg": med(net), "network_refined_deg": med(net_fine), "hypotheses": hyp.shape[1],
+print(json.dumps({{"network_deg": med(net), "network_turned_deg": med(hyp[:, 0]), "network_refined_deg": med(net_fine),
+                  "hypotheses": one_reading.shape[1], "candidates": hyp.shape[1],
                   "nearest_hypothesis_deg": round(math.degrees(float(nearest.median())), 2),
                   "scored_hypothesis_deg": med(scored),
                   "search_deg": med(found.rotations), "search_refined_deg": med(search_fine),
@@ -196,26 +202,37 @@ def demo(tmp: Path, minutes: float, hypotheses: int = DEFAULT_HYPOTHESES) -> lis
 PROTEINS = [("medium", "3kpr", "('A', 'B')"), ("small", "1ake_adk_closed", "None"), ("small", "3q4oA", "None")]
 
 
+def trained_before(train: Path) -> dict:
+    """A training run's figures from its metrics.jsonl (``--trained``: the model is evaluated again)."""
+    rows = [json.loads(x) for x in (train / "metrics.jsonl").read_text().splitlines()]
+    return {"seconds": sum(r["seconds"] for r in rows), "epochs": rows[-1]["epoch"],
+            "val_median_deg": rows[-1]["val_median_deg"]}
+
+
 def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tuple[bool, ...],
-             radius: float = 30.0, hypotheses: int = DEFAULT_HYPOTHESES) -> list[dict]:
+             radius: float = 30.0, hypotheses: int = DEFAULT_HYPOTHESES, turns: int = 4,
+             trained: Path | None = None) -> list[dict]:
     rows = []
     for size, structure, chains in PROTEINS:
         if structures and structure not in structures:
             continue
         for ctf in ctfs:
             name = f"{structure}_{'ctf' if ctf else 'noctf'}"
-            sim = tmp / name
-            run_isolated(SIMULATE.format(out=sim, structure=structure, px=1.5, chains=chains, n=2000, snr="1/16",
-                                         noise=None, ctf=ctf))
-            tr = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference=structure, chains=chains,
-                                               model={"hypotheses": hypotheses}, minutes=minutes, train={},
-                                               out=sim / "train", init=None))
+            if trained is not None:  # the stack and model of an earlier run of this bench
+                sim = trained / name
+                tr = trained_before(sim / "train")
+            else:
+                sim = tmp / name
+                run_isolated(SIMULATE.format(out=sim, structure=structure, px=1.5, chains=chains, n=2000,
+                                             snr="1/16", noise=None, ctf=ctf))
+                tr = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference=structure, chains=chains,
+                                                   model={"hypotheses": hypotheses}, minutes=minutes, train={},
+                                                   out=sim / "train", init=None))
             poses = run_isolated(POSES.format(star=sim / "particles.star", reference=structure, chains=chains,
-                                              radius=radius,
-                                              model=sim / "train" / "model.pt"))
+                                              radius=radius, turns=turns, model=sim / "train" / "model.pt"))
             rows.append({"protein": f"{structure} ({size})", "ctf": ctf, "train_min": round(tr["seconds"] / 60, 1),
                          "epochs": tr["epochs"], "val_median_deg": round(tr["val_median_deg"], 1),
-                         "local_radius_deg": radius, **poses})
+                         "local_radius_deg": radius, "trained_in": None if trained is None else str(sim), **poses})
             print(rows[-1], flush=True)
     return rows
 
@@ -228,7 +245,7 @@ from cryorient.evaluation import truth_of
 from cryorient.particles import read_particles
 from cryorient.symmetry import point_group, symmetric_distance
 full = read_particles("{star}"); truth = truth_of(full)
-hyp = hypotheses_stack(load_model("{model}"), full.blind())  # (N, K, 3, 3), best-scored first
+hyp = hypotheses_stack(load_model("{model}"), full.blind(), turns=1)  # (N, K, 3, 3), best-scored first
 group = point_group("{group}")
 best = symmetric_distance(hyp[:, 0], truth.rotations, group)
 nearest = symmetric_distance(hyp, truth.rotations[:, None], group).min(1).values
@@ -400,6 +417,11 @@ def main() -> None:
     ap.add_argument("--hypotheses", type=int, default=DEFAULT_HYPOTHESES,
                     help="demo and protein cases: pose hypotheses per image (ModelConfig.hypotheses); the local "
                          "search covers the radius about each")
+    ap.add_argument("--turns", type=int, default=4,
+                    help="protein cases: each image read as it is and turned by quarter turns (hypotheses_stack)")
+    ap.add_argument("--trained", default=None,
+                    help="protein cases: evaluate the stacks and models of an earlier run's workdir instead of "
+                         "simulating and training again")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-train-"))
@@ -417,11 +439,13 @@ def main() -> None:
                     f"Demo setting, {args.demo_minutes:g} min of training each")
     if wanted("proteins"):
         ctfs = {"both": (False, True), "yes": (True,), "no": (False,)}[args.ctf]
-        results["proteins"] = proteins(tmp, args.minutes, args.structures, ctfs, args.local_radius, args.hypotheses)
+        results["proteins"] = proteins(tmp, args.minutes, args.structures, ctfs, args.local_radius, args.hypotheses,
+                                       args.turns, Path(args.trained) if args.trained else None)
         print_table(results["proteins"], [("protein", "protein"), ("ctf", "CTF"), ("train_min", "train min"),
                                           ("val_median_deg", "val median °"), ("network_deg", "network °"),
-                                          ("nearest_hypothesis_deg", "nearest hypothesis °"),
-                                          ("scored_hypothesis_deg", "hypothesis scored best °"),
+                                          ("network_turned_deg", "most probable of the turns °"),
+                                          ("nearest_hypothesis_deg", "nearest candidate °"),
+                                          ("scored_hypothesis_deg", "candidate scored best °"),
                                           ("network_refined_deg", "+ local search °"),
                                           ("search_deg", "projection matching °"),
                                           ("search_refined_deg", "+ the same fine stage °"),
