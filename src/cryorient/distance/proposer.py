@@ -3,8 +3,9 @@
 Per half set and round: a network is trained (first round) or fine-tuned from the previous
 round's (later rounds) on projections of that half's current map, made like the particles
 (CTF, SNR, shifts), for a short budget; its rotation head's output for each particle is the
-proposed pose, in the map's frame (with ``hypotheses = K > 1``, its K hypotheses, best-scored
-first, each a candidate the loop scores against the map). Its validation (median pose error on projections of the
+proposed pose, in the map's frame: its K hypotheses (``hypotheses``) for the image and for each of
+its quarter turns (:func:`~cryorient.distance.predict.hypotheses_stack`), the most probable first,
+each a candidate the loop scores against the map. Its validation (median pose error on projections of the
 same map) is returned with the proposal, so the loop can fall back on the global search when
 the network has not learned.
 """
@@ -27,7 +28,7 @@ from .train import load_model, train_on_reference
 
 @dataclass(frozen=True)
 class NetworkProposal:
-    rotations: torch.Tensor | None  # (n, K, 3, 3), best-scored hypothesis first
+    rotations: torch.Tensor | None  # (n, 4 K, 3, 3): K hypotheses x 4 quarter turns, the most probable first
     val_median_deg: float
     weak: bool
 
