@@ -14,8 +14,10 @@ the particles' own structure, with two independent half sets.
     both halves: reconstruct each half map at full size; with a point group, a half that
                 drifted into the other hand or a frame turned outside the group (a start
                 pseudo-symmetric at its resolution) is turned back as a whole
-                (:func:`reconcile_halves`); the half maps' FSC at 0.143 is the next
-                round's resolution. The maps the next round aligns against spread each
+                (:func:`reconcile_halves`), and in the last round of the global search a
+                part of a half at the other solution is found by two classes at fixed
+                poses and turned back (:func:`split_mixture`); the half maps' FSC at
+                0.143 is the next round's resolution. The maps the next round aligns against spread each
                 pose evenly over a 3 x 3 x 3 grid of poses about it (a local
                 marginalisation, as RELION's expectation step: a map of hard poses holds
                 each particle's own noise where it is and the poses stall).
@@ -389,6 +391,12 @@ HAND_CHECK_RESOLUTION = 15.0
 # by 60° or more
 FRAME_TURN_DEG = 30.0
 FRAME_TURN_GAIN = 0.01
+# split_mixture: the resolution of its classes' comparison (the C4 ring's near-mirror is found
+# in its map at 8 Å and finer; docs/benchmarks.md), the most iterations, and the smallest
+# minority worth turning
+SPLIT_ANGSTROM = 8.0
+SPLIT_ITERATIONS = 12
+SPLIT_MIN_SHARE = 0.05
 
 
 def place_in_reference_frame(volume: torch.Tensor, reference: torch.Tensor, pixel_size: float
@@ -498,16 +506,90 @@ def reconcile_halves(h1: torch.Tensor, h2: torch.Tensor, group: PointGroup, pixe
     mixture of the two solutions (a map of one is unlike its turned self), and turned it joins
     the other half's majority. No particle's pose comes from the other half: a whole half is
     turned by one operation."""
-    a = align_maps(h2.float(), h1.float(), pixel_size, resolution=resolution)
+    turn = _turn_between(h2, h1, group, pixel_size, resolution)
+    if turn is None:
+        return None
+    a, g, gain = turn
+    mixed = [_correlation(rotate_volume(h.float(), a.rotation, a.mirror), h, pixel_size, resolution) for h in (h1, h2)]
+    return (1, g, gain) if mixed[1] >= mixed[0] else (0, torch.linalg.inv(g), gain)
+
+
+def _turn_between(moving: torch.Tensor, fixed: torch.Tensor, group: PointGroup, pixel_size: float,
+                  resolution: float) -> tuple[MapAlignment, torch.Tensor, float] | None:
+    """``moving`` aligned onto ``fixed`` at ``resolution`` in either hand, when the best
+    operation is the other hand or a rotation farther than :data:`FRAME_TURN_DEG` from every
+    element of ``group`` and raises the maps' correlation by more than :data:`FRAME_TURN_GAIN`:
+    the alignment, the operation ``g`` for :func:`turn_poses` (``V -> V(g^-1 x)``) and the gain;
+    else None (the two maps are in the same frame and hand)."""
+    a = align_maps(moving.float(), fixed.float(), pixel_size, resolution=resolution)
     if not a.mirror and math.degrees(float(symmetric_distance(torch.eye(3), a.rotation, group))) <= FRAME_TURN_DEG:
         return None
-    turned = rotate_volume(h2.float(), a.rotation, a.mirror, a.shift_px)
-    gain = _correlation(turned, h1, pixel_size, resolution) - _correlation(h2, h1, pixel_size, resolution)
+    turned = rotate_volume(moving.float(), a.rotation, a.mirror, a.shift_px)
+    gain = _correlation(turned, fixed, pixel_size, resolution) - _correlation(moving, fixed, pixel_size, resolution)
     if gain <= FRAME_TURN_GAIN:
         return None
-    mixed = [_correlation(rotate_volume(h.float(), a.rotation, a.mirror), h, pixel_size, resolution) for h in (h1, h2)]
-    g = a.rotation @ hand_matrix(a.rotation.dtype) if a.mirror else a.rotation  # V -> V(g^-1 x)
-    return (1, g, gain) if mixed[1] >= mixed[0] else (0, torch.linalg.inv(g), gain)
+    return a, (a.rotation @ hand_matrix(a.rotation.dtype) if a.mirror else a.rotation), gain
+
+
+def split_mixture(stack: ParticleStack, rotations: torch.Tensor, origins: torch.Tensor, group: PointGroup,
+                  cfg: RefineConfig, seed: int, device=None) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """The particles of one half set (``stack``, its poses and origins in Å) that sit in a
+    mirrored or turned copy of the half's structure, and the operation that brings them back:
+    ``(minority, g, gain)`` (a boolean mask, ``g`` for :func:`turn_poses`, the classes' maps'
+    correlation gain), or None.
+
+    A start pseudo-symmetric at its resolution can leave a *part* of a half at the other
+    solution (a flat C4 ring of one chain, nearly achiral at 40 Å: at N = 5000 a third of one
+    half ended seen from the wrong side of the ring, self-consistent with its half map, which
+    holds both; a whole half that drifted is :func:`reconcile_halves`' case). Two classes at
+    fixed poses separate them: each particle goes to the class whose map (from the class's
+    particles, symmetrised) its own pose fits better (NCC at :data:`SPLIT_ANGSTROM`), from a
+    random half-and-half start, until no particle moves (measured on that ring's half: 95% of
+    its particles classed as the truth would, from a random start, in 7 iterations). The
+    smaller class is the other solution when its map, aligned onto the larger one's, needs the
+    other hand or a turn outside the group (:func:`_turn_between`); a split of a pure half is a
+    split of the noise, whose class maps align without a turn. Only this half's images and
+    maps are used."""
+    from ..imaging.accumulator import backproject
+    from ..imaging.batches import stack_batches
+
+    box, px = stack.box, stack.pixel_size
+    res = max(SPLIT_ANGSTROM, 2 * px)
+    s = round_size(box, px, res, cfg)
+    px_s = px * box / s
+    cutoff = min(0.5, px_s / res)
+    images = fourier_resize(stack.images.read(), s).to(device)
+    ctf = stack.ctf()
+    rot, org = rotations.to(device), (origins / px_s).to(device)
+    ops = group.ops()
+
+    def class_maps(label: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for members in (~label, label):
+            rows = torch.nonzero(members).flatten().cpu().numpy()
+            acc = backproject(stack_batches(stack, cfg.batch_size, rows, size=s, device=device), rot, org, px_s, s,
+                              device=device, operators=ops)
+            out.append(acc.finalize(cfg.wiener).cpu())
+        return out
+
+    label = torch.rand(stack.n, generator=torch.Generator().manual_seed(seed)) < 0.5
+    for _ in range(SPLIT_ITERATIONS):
+        maps = class_maps(label)
+        scores = [_score_pose(images, ctf, px_s, prepare_volume(lowpass_to_resolution(m, px_s, res).to(device)), rot,
+                              org, cutoff) for m in maps]
+        new = scores[1] > scores[0]
+        if bool((new == label).all()):
+            break
+        label = new
+    minority = label if float(label.float().mean()) <= 0.5 else ~label
+    if float(minority.float().mean()) < SPLIT_MIN_SHARE:
+        return None
+    maps = class_maps(minority)  # [majority, minority]
+    turn = _turn_between(maps[1], maps[0], group, px_s, res)
+    if turn is None:
+        return None
+    _, g, gain = turn
+    return minority, g, gain
 
 
 def turn_poses(rotations: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -653,6 +735,30 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
             accs = _half_accumulators(stack, halves, state.rot, state.origins, cfg, device, ops)
             h1, h2 = (a.finalize(cfg.wiener).cpu() for a in accs)
         resolution = resolution_at(corrected_fsc(h1, h2, mask), box, px, 0.143)
+        if (ops is not None and step is not None and res / cfg.max_gain <= cfg.search_until_angstrom
+                and resolution.angstrom <= SPLIT_ANGSTROM):
+            # the last round of the global search, and maps fine enough to tell the solutions
+            # of a pseudo-symmetric start apart: is part of a half at the other one?
+            turned = False
+            for h, idx in enumerate(halves):
+                t_idx = torch.as_tensor(idx)
+                split = split_mixture(stack.subset(idx), state.rot[t_idx], state.origins[t_idx], group, cfg,
+                                      seed=100 * r + h, device=device)
+                if split is None:
+                    continue
+                minority, g, gain = split
+                rows = t_idx[minority.cpu()]
+                state.rot[rows] = turn_poses(state.rot[rows], g)
+                share = float(minority.float().mean())
+                log.warning("round %d: %.0f%% of half %d's particles sat at %s of the rest (a pseudo-symmetric "
+                            "start); their poses were turned back (class maps' correlation +%.3f)", r, 100 * share,
+                            h + 1, "the other hand" if torch.linalg.det(g) < 0 else "a turned copy", gain)
+                proposals[h] += f" ({100 * share:.0f}% turned back)"
+                turned = True
+            if turned:
+                accs = _half_accumulators(stack, halves, state.rot, state.origins, cfg, device, ops)
+                h1, h2 = (a.finalize(cfg.wiener).cpu() for a in accs)
+                resolution = resolution_at(corrected_fsc(h1, h2, mask), box, px, 0.143)
         # the resolution is that of the maps of the poses themselves; the next round aligns
         # against maps with each pose spread over its neighbourhood (RefineConfig.spread_max_deg)
         spread_step = min(math.degrees(res / (3 * gyration)), cfg.spread_max_deg)
