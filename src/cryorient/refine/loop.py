@@ -581,11 +581,13 @@ def split_mixture(stack: ParticleStack, rotations: torch.Tensor, origins: torch.
         if bool((new == label).all()):
             break
         label = new
+    else:  # not settled: the maps of the last classes
+        maps = class_maps(label)
     minority = label if float(label.float().mean()) <= 0.5 else ~label
     if float(minority.float().mean()) < SPLIT_MIN_SHARE:
         return None
-    maps = class_maps(minority)  # [majority, minority]
-    turn = _turn_between(maps[1], maps[0], group, px_s, res)
+    major, minor = maps if minority is label else maps[::-1]  # maps: [~label, label]
+    turn = _turn_between(minor, major, group, px_s, res)
     if turn is None:
         return None
     _, g, gain = turn
