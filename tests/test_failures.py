@@ -17,12 +17,15 @@ from .cli_helpers import SMALL, assert_one_line_error, run_cli
 def test_run_without_reference_fails_before_simulating_where_one_is_needed(tmp_path):
     # the distance method trains on a reference; a symmetric refinement needs one in RELION's
     # symmetry frame (without a reference, the refinement starts from an ab initio map in C1)
-    # and the ab initio start is C1 only; the distance method's recovery is C1 only
+    # and the ab initio start is C1 only; the distance method's group must be a rotation group
+    # (its distances are modulo rotations) and it has no symmetry to relax
     for extra, what in ((["--method", "distances"], "--reference"), (["--symmetry", "C2"], "--reference"),
                         (["--reference", "1ake_adk_closed", "--symmetry", "C2", "--start", "particles"],
                          "--start reference"),
-                        (["--reference", "1ake_adk_closed", "--symmetry", "C2", "--method", "distances"],
-                         "--method refine")):
+                        (["--reference", "1ake_adk_closed", "--symmetry", "Cs", "--method", "distances"],
+                         "Cn, Dn, T, O or I"),
+                        (["--reference", "1ake_adk_closed", "--symmetry", "C2", "--method", "distances",
+                          "--relax-symmetry"], "--relax-symmetry")):
         code, _, err = run_cli("run", *SMALL, *extra, "--outdir", tmp_path / "r", "--quiet")
         assert_one_line_error(code, err, what)
         assert not (tmp_path / "r").exists()

@@ -222,7 +222,8 @@ class TrainConfig:
     weak_median_deg: float = 30.0  # a validation median pose error above this: the model is not trusted
     precision: Precision = "auto"  # auto: bf16 where the hardware has it (GPU, AVX512-BF16/AMX CPU)
     # the reference's point group (RELION's names): a pose is right when it is any of its symmetry
-    # mates, so the pose loss and the validation take the nearest mate (pose objective only)
+    # mates, so the pose loss and the validation take the nearest mate; the pairs objective's
+    # targets are distances modulo the group
     symmetry: str = "C1"
     model: ModelConfig = field(default_factory=ModelConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
@@ -244,13 +245,10 @@ class TrainConfig:
         _choice(self.objective, Objective, "objective")
         _choice(self.precision, Precision, "precision")
         _choice(self.schedule, Schedule, "schedule")
-        symmetry = check_symmetry(self.symmetry)
+        check_symmetry(self.symmetry)
         require(not (self.objective == "pose" and self.model.head != "rotation"),
                 "the pose objective needs the rotation head (the cosine head goes with the pairs "
                 "objective)")
-        require(self.objective == "pose" or symmetry == "C1",
-                "the pairs objective (and the distance recovery) assume C1; a symmetric reference needs the "
-                "pose objective")
         require(self.objective == "pose" or self.model.hypotheses == 1,
                 "the pairs objective trains one pose hypothesis per image: set hypotheses to 1 "
                 "(--hypotheses 1), or use the pose objective")
@@ -354,9 +352,14 @@ class RecoverConfig:
     refine: LocalRefineConfig = field(default_factory=LocalRefineConfig)  # rounds 0: the method only
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     ambiguity: AmbiguityConfig = field(default_factory=AmbiguityConfig)
+    # the particles' point group (RELION's names, proper groups): distances are modulo the group
+    symmetry: str = "C1"
 
     def __post_init__(self):
         parse_distance_source(self.distances)
+        require(check_symmetry(self.symmetry) not in ("CI", "CS"),
+                f"symmetry {self.symmetry}: distances between orientations are modulo rotations; a protein's "
+                "group is Cn, Dn, T, O or I")
         if self.pairs_per_particle is not None:
             _integer(self.pairs_per_particle, "pairs per particle", 1)
         _integer(self.n_anchors, "anchors", 5)
@@ -533,8 +536,11 @@ class PipelineConfig:
                     "is made in C1, in a frame of its own)")
         else:
             require(self.refinement.symmetry == "C1",
-                    "the distance method recovers orientations in C1 (its distances do not know the point "
-                    "group); for a symmetric particle use --method refine")
+                    "the distance method takes its point group from the recovery's configuration "
+                    "(recover.symmetry), not the refinement's")
+            require(self.train.symmetry == self.recover.symmetry == self.reconstruct.symmetry,
+                    "the distance method's training, recovery and reconstruction need the same point group "
+                    f"(got {self.train.symmetry}, {self.recover.symmetry}, {self.reconstruct.symmetry})")
             require(self.reference is not None or self.model is not None,
                     "the distance method needs a reference structure or map to train on, or a trained "
                     "model; no library model ships with cryorient")

@@ -58,18 +58,53 @@ def _robust_left(ref: torch.Tensor, est: torch.Tensor, iterations: int = 5) -> t
     return g
 
 
-def align_physical(estimated: torch.Tensor, reference: torch.Tensor, allow_hand: bool = True
-                   ) -> Alignment:
-    """The global rotation (and hand) that best maps ``estimated`` onto ``reference``."""
+def _nearest_operator(aligned: torch.Tensor, ref: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    """For each particle, the index of the ``S`` whose mate ``S aligned_i`` is nearest ``ref_i``."""
+    return rotmat_angle(ref.transpose(-1, -2)[:, None] @ ops @ aligned[:, None]).argmin(1)
+
+
+def _mates_of_reference(aligned: torch.Tensor, ref: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    """``S_i^T ref_i`` for each particle's nearest operator ``S_i`` (``S_i aligned_i`` nearest
+    ``ref_i``)."""
+    return ops[_nearest_operator(aligned, ref, ops)].transpose(-1, -2) @ ref
+
+
+def _robust_left_modulo(ref: torch.Tensor, est: torch.Tensor, ops: torch.Tensor, starts: int = 8,
+                        iterations: int = 4) -> torch.Tensor:
+    """The global rotation ``G`` best mapping ``est`` onto ``ref`` when each pose counts
+    modulo the group of ``ops`` (``S G est_i`` against ``ref_i``): candidates ``S ref_k
+    est_k^T`` from a few particles and every ``S``, the best by the median error, then
+    alternately each particle's mate and a robust Procrustes."""
+    picks = torch.linspace(0, ref.shape[0] - 1, min(starts, ref.shape[0])).long()
+    cands = (ops[None] @ (ref[picks] @ est[picks].transpose(-1, -2))[:, None]).reshape(-1, 3, 3)
+
+    def median(g: torch.Tensor) -> float:
+        return float(rotmat_angle(ref.transpose(-1, -2)[:, None] @ ops @ (g @ est)[:, None]).amin(1).median())
+
+    g = min(cands, key=median)
+    for _ in range(iterations):
+        g = _robust_left(_mates_of_reference(g @ est, ref, ops), est)
+    return g
+
+
+def align_physical(estimated: torch.Tensor, reference: torch.Tensor, allow_hand: bool = True,
+                   operators: torch.Tensor | None = None) -> Alignment:
+    """The global rotation (and hand) that best maps ``estimated`` onto ``reference``; with a
+    point group's ``operators`` ``(G, 3, 3)``, each pose modulo the group."""
     est, ref = estimated.double(), reference.double()
+    ops = operators.double() if operators is not None and operators.shape[0] > 1 else None
     best = None
     for flip in (False, True) if allow_hand else (False,):
         e = est
         if flip:
             j = hand_matrix(torch.float64)
             e = j @ est @ j
-        g = _robust_left(ref, e)
-        med = float(rotmat_distance(ref, g @ e).median())
+        if ops is None:
+            g = _robust_left(ref, e)
+            med = float(rotmat_distance(ref, g @ e).median())
+        else:
+            g = _robust_left_modulo(ref, e, ops)
+            med = float(rotmat_distance(_mates_of_reference(g @ e, ref, ops), g @ e).median())
         if best is None or med < best[0]:
             best = (med, Alignment(g, flip))
     return best[1]
@@ -166,10 +201,18 @@ class Evaluation:
         }
 
 
-def evaluate(estimated: torch.Tensor, reference: torch.Tensor) -> Evaluation:
-    """Physical alignment + per-particle errors + the O(4) diagnostic."""
-    al = align_physical(estimated, reference)
+def evaluate(estimated: torch.Tensor, reference: torch.Tensor, operators: torch.Tensor | None = None
+             ) -> Evaluation:
+    """Physical alignment + per-particle errors + the O(4) diagnostic. With a point group's
+    ``operators`` ``(G, 3, 3)`` (the identity first) poses count modulo the group: the
+    alignment searches the group's mates and each aligned pose is its mate nearest the truth
+    (the O(4) diagnostic then sees those mates)."""
+    al = align_physical(estimated, reference, operators=operators)
     aligned = al.apply(estimated)
+    if operators is not None and operators.shape[0] > 1:
+        ops = operators.to(aligned.dtype)
+        aligned = ops[_nearest_operator(aligned, reference.to(aligned.dtype), ops)] @ aligned
+        estimated = aligned
     a, b, transposed = align_o4(estimated, reference)
     e = estimated.double().transpose(-1, -2) if transposed else estimated.double()
     o4 = rotmat_distance(reference.double(), a @ e @ b)
@@ -226,10 +269,11 @@ class PoseEvaluation:
 
 
 def evaluate_poses(rotations: torch.Tensor, origins_angstrom: torch.Tensor | None, truth: Truth,
-                   pixel_size: float) -> PoseEvaluation:
-    """Rotations after the physical alignment (and the O(4) diagnostic); origins as given,
-    and centred (the map's global translation fitted and removed)."""
-    ev = evaluate(rotations, truth.rotations)
+                   pixel_size: float, operators: torch.Tensor | None = None) -> PoseEvaluation:
+    """Rotations after the physical alignment (and the O(4) diagnostic), modulo the point
+    group of ``operators`` if given; origins as given, and centred (the map's global
+    translation fitted and removed)."""
+    ev = evaluate(rotations, truth.rotations, operators)
     if origins_angstrom is None or truth.origins_angstrom is None:
         return PoseEvaluation(ev, None)
     shift_err = (origins_angstrom - truth.origins_angstrom).norm(dim=1) / pixel_size

@@ -546,7 +546,7 @@ def _recover(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | 
     from .distance.predict import model_source
 
     g = torch.Generator().manual_seed(cfg.seed)
-    source, nn = model_source(blind, model_path, cfg.recover.neighbours, device=device)
+    source, nn = model_source(blind, model_path, cfg.recover.neighbours, device=device, symmetry=cfg.recover.symmetry)
     outcome = run_recovery(blind, source, cfg.recover, g, nn, device=device)
     hand, hand_margin = "undetermined", None
     if reference is not None:
@@ -557,7 +557,7 @@ def _recover(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | 
         outcome = replace(outcome, rotations=framed.rotations, origins_angstrom=framed.origins_angstrom)
         hand, hand_margin = "as reference", framed.alignment.hand_margin
         write_json(d / "frame.json", framed.metrics())
-    metrics = write_recovery(outcome, blind, d, truth)
+    metrics = write_recovery(outcome, blind, d, truth, cfg.recover.symmetry)
     result = RecoverStageResult(outcome.ambiguity.margin, outcome.recovery.loss, hand, hand_margin)
     if truth is not None:
         ev = metrics["evaluation"]

@@ -104,6 +104,16 @@ class PointGroup:
     def ops(self, dtype=torch.float32, device=None) -> torch.Tensor:
         return self.operators.to(dtype=dtype, device=device)
 
+    def quaternions(self, dtype=torch.float32) -> torch.Tensor:
+        """The operators as unit quaternions ``(G, 4)`` xyzw (proper groups only): the mate
+        ``S R`` of ``q`` is ``s * q``."""
+        import roma
+
+        if not self.proper:
+            raise CryorientError(f"symmetry {self.name} has improper operators (a mirror or the inversion), "
+                                 "which no rotation can express; a protein's group is Cn, Dn, T, O or I")
+        return roma.rotmat_to_unitquat(self.operators).to(dtype)
+
 
 def point_group(name: str) -> PointGroup:
     """The group named as RELION names it (case-insensitive): ``C1``, ``C7``, ``D2``, ``T``, ``O``,
@@ -120,6 +130,30 @@ def symmetric_distance(r1: torch.Tensor, r2: torch.Tensor, group: PointGroup) ->
     ops = group.ops(r1.dtype, r1.device)
     m = r1.transpose(-1, -2)[..., None, :, :] @ ops @ r2[..., None, :, :]
     return rotmat_angle(m).min(dim=-1).values
+
+
+def left_matrices(group_quats: torch.Tensor) -> torch.Tensor:
+    """``(G, 4, 4)`` matrices ``L_s`` with ``s * q = L_s q`` for the group's quaternions
+    (:meth:`PointGroup.quaternions`)."""
+    import roma
+
+    eye = torch.eye(4, dtype=group_quats.dtype)
+    return torch.stack([roma.quat_product(group_quats, eye[k].expand_as(group_quats)) for k in range(4)], dim=-1)
+
+
+def mate_towards(qa: torch.Tensor, qb: torch.Tensor, left: torch.Tensor | None, chunk: int = 1_000_000
+                 ) -> torch.Tensor:
+    """For pairs ``(qa, qb)`` ``(P, 4)``, the mate ``s qb`` nearest ``qa`` (``qb`` itself
+    without a group: ``left`` None)."""
+    if left is None:
+        return qb
+    out = []
+    for lo in range(0, qb.shape[0], chunk):
+        a, b = qa[lo:lo + chunk], qb[lo:lo + chunk]
+        mates = torch.einsum("gij,pj->pgi", left.to(b.dtype), b)  # (P, G, 4)
+        k = (mates * a[:, None]).sum(-1).abs().argmax(1)
+        out.append(mates[torch.arange(b.shape[0]), k])
+    return torch.cat(out) if len(out) != 1 else out[0]
 
 
 def asymmetric_unit(rotations: torch.Tensor, operators: torch.Tensor, margin_rad: float = 0.0) -> torch.Tensor:

@@ -33,6 +33,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                    help="pair budget K per particle (default: all pairs up to 5M pairs, else 5M / N per particle)")
     p.add_argument("--neighbours", type=int, default=16, help="nearest neighbours per particle")
     p.add_argument("--batch-size", type=int, default=512, help="images per encoder batch")
+    p.add_argument("--symmetry", default="C1", type=str.upper,
+                   help="the particles' point group (RELION's names: Cn, Dn, T, O, I): distances modulo the group")
     add_device_option(p)
     add_star_pixel_size(p)
     add_run_options(p)
@@ -52,17 +54,20 @@ def run(args: argparse.Namespace) -> int:
     from ..io import save_npz
     from ..orientation.pairs import choose_pairs
     from ..orientation.run import pair_distances
+    from ..orientation.sources import TrueDistances
     from ..particles import read_particles
     from ..rundir import run_directory, write_json
-    from ..so3 import geodesic_distance, rotmat_to_quat
+    from ..so3 import rotmat_to_quat
+    from ..symmetry import point_group
 
     stack = read_particles(args.particles, args.pixel_size)
     truth = truth_of(stack)
     stack = stack.blind()
     with progress(stack.n, "embed", args.quiet) as bar:
-        source, nn = model_source(stack, args.model, args.neighbours, args.batch_size, bar.update, device)
+        source, nn = model_source(stack, args.model, args.neighbours, args.batch_size, bar.update, device,
+                                  args.symmetry)
     pairs = pair_distances(source, choose_pairs(stack.n, generator, args.pairs_per_particle, 48, nn))
-    config = {"particles": args.particles, "model": args.model,
+    config = {"particles": args.particles, "model": args.model, "symmetry": args.symmetry,
               "pairs_per_particle": args.pairs_per_particle, "neighbours": args.neighbours}
     outdir = Path(args.outdir)
     with run_directory(outdir, "distances", config, overwrite=args.overwrite, seed=args.seed) as stage:
@@ -76,15 +81,14 @@ def run(args: argparse.Namespace) -> int:
         plots.histogram([("predicted", pairs.d.numpy())], figs / "distances.png", "distance (rad)",
                         title="Predicted pair distances")
         if truth is not None:
-            q = rotmat_to_quat(truth.rotations)
-            true = geodesic_distance(q[pairs.i], q[pairs.j])
+            true_source = TrueDistances(rotmat_to_quat(truth.rotations), point_group(args.symmetry))
+            true = true_source.distances(pairs.i, pairs.j)
             err = (pairs.d - true).abs()
             near = true < 0.5
             metrics["vs_true"] = {"mae_rad": float(err.mean()),
                                   "mae_below_0.5_rad": float(err[near].mean()) if bool(near.any()) else None}
             if nn is not None:
-                tq = q[nn]
-                d_nn = geodesic_distance(q[:, None, :].expand_as(tq), tq)
+                d_nn = true_source.distances(torch.arange(stack.n).repeat_interleave(nn.shape[1]), nn.reshape(-1))
                 metrics["vs_true"]["neighbour_median_true_distance_deg"] = float(torch.rad2deg(d_nn.median()))
             sample = torch.randperm(len(pairs), generator=generator)[:200000]
             plots.hist2d(true[sample].numpy(), pairs.d[sample].numpy(), figs / "predicted_vs_true.png",

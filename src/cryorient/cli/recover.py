@@ -51,6 +51,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--anchors", type=int, default=_D.n_anchors, help="anchor particles for the start")
     p.add_argument("--neighbours", type=int, default=_D.neighbours,
                    help="nearest neighbours per particle in the model's embedding (model only)")
+    p.add_argument("--symmetry", default=_D.symmetry, type=str.upper,
+                   help="the particles' point group (RELION's names: Cn, Dn, T, O, I): distances, recovery and "
+                        "the evaluation are modulo the group")
     p.add_argument("--restarts", type=int, default=_R.restarts, help="restarts (lowest loss kept)")
     p.add_argument("--loss", choices=("l2", "huber"), default=_R.loss, help="pair loss")
     p.add_argument("--cutoff", type=float, default=_R.cutoff, help="ignore pairs with target > cutoff (rad)")
@@ -78,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> RecoverConfig:
         refine=LocalRefineConfig(rounds=args.refine_rounds),
         recovery=RecoveryConfig(restarts=args.restarts, loss=args.loss, cutoff=args.cutoff,
                                 optimizer=args.optimizer),
-        ambiguity=AmbiguityConfig(n_images=args.ambiguity_images))
+        ambiguity=AmbiguityConfig(n_images=args.ambiguity_images), symmetry=args.symmetry)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from ..orientation.run import run_recovery, write_recovery
     from ..particles import read_particles
     from ..rundir import run_directory
+    from ..symmetry import point_group
 
     stack = read_particles(args.particles, args.pixel_size)
     truth = truth_of(stack)
@@ -101,17 +105,18 @@ def run(args: argparse.Namespace) -> int:
     if kind == "model":
         from ..distance.predict import model_source
 
-        source, neighbours = model_source(blind, arg, cfg.neighbours, args.model_batch_size, device=device)
+        source, neighbours = model_source(blind, arg, cfg.neighbours, args.model_batch_size, device=device,
+                                          symmetry=cfg.symmetry)
     else:
         from ..orientation.sources import make_source
 
-        source = make_source(cfg.distances, blind, generator, truth)
+        source = make_source(cfg.distances, blind, generator, truth, point_group(cfg.symmetry))
     outdir = Path(args.outdir)
     config = {"particles": args.particles, "recover": cfg}
     with run_directory(outdir, "recover", config, overwrite=args.overwrite, seed=args.seed) as stage:
         with progress(None, "recover", args.quiet, unit="step") as bar:
             outcome = run_recovery(blind, source, cfg, generator, neighbours, bar.update, device)
-        metrics = write_recovery(outcome, blind, stage, None if args.no_eval else truth)
+        metrics = write_recovery(outcome, blind, stage, None if args.no_eval else truth, cfg.symmetry)
     t = outcome.timings
     amb = outcome.ambiguity
     print(f"recovered {stack.n} orientations from {len(outcome.pairs)} {kind} distances: L_OR "

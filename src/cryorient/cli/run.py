@@ -65,7 +65,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                         "(the best-scoring candidate wins; see docs/benchmarks.md for when it pays)")
     g.add_argument("--symmetry", default=_F.symmetry, type=str.upper,
                    help="point group of the particle, RELION's names (C1, Cn, Dn, T, O, I); the maps are "
-                        "symmetrised and the reference must be in RELION's symmetry frame")
+                        "symmetrised and the reference must be in RELION's symmetry frame (both methods: with "
+                        "--method distances, the distances are modulo the group)")
     g.add_argument("--relax-symmetry", action="store_true",
                    help="after refining with --symmetry, continue in C1 with each particle choosing its best "
                         "symmetry mate (pseudo-symmetric oligomers)")
@@ -165,30 +166,32 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         raise CryorientError("the distance method needs --reference (a structure or map to train on) or --model "
                              "model.pt; without a reference, use --method refine (an initial map is made from the "
                              "particles alone)")
-    if args.reference is None and args.symmetry != "C1":
+    if args.reference is None and args.symmetry != "C1" and args.method == "refine":
         raise CryorientError(f"--symmetry {args.symmetry} needs --reference in RELION's symmetry frame (the ab "
                              "initio map is made in C1, in a frame of its own); give one, or refine in C1")
     density, simulation = simulation_from_args(args)
     model = ModelConfig(width=args.width, input_size=args.input_size, hypotheses=args.hypotheses)
-    train = TrainConfig(max_epochs=args.max_epochs, minutes=args.minutes,
-                        steps_per_epoch=args.steps_per_epoch, batch_size=args.train_batch_size, model=model)
+    distances = args.method == "distances"
     recover = RecoverConfig(pairs_per_particle=args.pairs_per_particle,
                             refine=LocalRefineConfig(rounds=args.refine_rounds),
                             recovery=RecoveryConfig(restarts=args.restarts),
-                            ambiguity=AmbiguityConfig(n_images=args.ambiguity_images))
+                            ambiguity=AmbiguityConfig(n_images=args.ambiguity_images),
+                            symmetry=args.symmetry if distances else "C1")
+    train = TrainConfig(max_epochs=args.max_epochs, minutes=args.minutes,
+                        steps_per_epoch=args.steps_per_epoch, batch_size=args.train_batch_size, model=model,
+                        symmetry=recover.symmetry)
+    if distances and args.relax_symmetry:
+        raise CryorientError("--relax-symmetry belongs to --method refine (the distance method keeps the group)")
     refinement = RefineConfig(initial_lowpass=args.initial_lowpass, max_rounds=args.max_rounds, poses=args.poses,
-                              train_minutes=args.round_minutes, symmetry=args.symmetry,
+                              train_minutes=args.round_minutes, symmetry="C1" if distances else args.symmetry,
                               relax_symmetry=args.relax_symmetry)
-    if args.method == "distances" and refinement.symmetry != "C1":
-        raise CryorientError("the distance method assumes C1 (distances between symmetry mates are not "
-                             "defined); use --method refine for symmetric particles")
     abinitio = AbInitioConfig(seeds=args.abinitio_seeds, iterations=args.abinitio_iterations)
     return PipelineConfig(method=args.method, refinement=refinement, abinitio=abinitio, particles=args.particles,
                           particles_pixel_size=args.pixel_size if args.particles else None,
                           structure=args.structure, density=density,
                           simulation=simulation, reference=args.reference,
                           reference_chains=args.reference_chains, model=args.model, train=train,
-                          recover=recover, reconstruct=ReconstructConfig(wiener=args.wiener),
+                          recover=recover, reconstruct=ReconstructConfig(wiener=args.wiener, symmetry=recover.symmetry),
                           truth_map=args.truth_map, seed=args.seed, start=args.start)
 
 

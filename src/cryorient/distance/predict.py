@@ -12,6 +12,7 @@ import torch
 from ..conventions import quarter_turn, quarter_turn_matrix
 from ..imaging.batches import stack_batches
 from ..particles import ParticleStack
+from ..symmetry import PointGroup, point_group, symmetric_distance
 from .model import SiameseDistance
 from .preprocess import check_compatible, prepare_inputs
 from .train import load_model
@@ -64,40 +65,60 @@ def hypotheses_stack(model: SiameseDistance, stack: ParticleStack, batch_size: i
 
 @dataclass(frozen=True)
 class ModelDistances:
+    """The model's distances; with a point group (not C1) and the rotation head, between the
+    nearest symmetry mates of the two pose estimates (the cosine head, trained on distances
+    modulo the group, gives them directly)."""
+
     model: SiameseDistance
     embeddings: torch.Tensor
+    group: PointGroup | None = None
     name: str = "model"
     checked: bool = True
 
     @torch.no_grad()
     def distances(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        return self.model.distance(self.embeddings[i], self.embeddings[j]).clamp(0.0, torch.pi)
+        a, b = self.embeddings[i], self.embeddings[j]
+        if _mates_apply(self.model, self.group):
+            return symmetric_distance(a.view(-1, 3, 3), b.view(-1, 3, 3), self.group)
+        return self.model.distance(a, b).clamp(0.0, torch.pi)
+
+
+def _mates_apply(model: SiameseDistance, group: PointGroup | None) -> bool:
+    return group is not None and group.order > 1 and model.config.head == "rotation"
 
 
 @torch.no_grad()
-def nearest_neighbours(model: SiameseDistance, embeddings: torch.Tensor, k: int, chunk: int = 2048
-                       ) -> torch.Tensor:
+def nearest_neighbours(model: SiameseDistance, embeddings: torch.Tensor, k: int, chunk: int = 2048,
+                       group: PointGroup | None = None) -> torch.Tensor:
     """``(N, k)`` indices of each particle's closest others by predicted distance.
 
     Both heads' distances decrease with the dot product of (normalised) embeddings (for the
-    rotation head ``cos d = (e_i . e_j - 1) / 2``), so one matrix product per chunk suffices."""
+    rotation head ``cos d = (e_i . e_j - 1) / 2``; with a point group, the largest over the
+    mates ``S R_j``), so one matrix product per chunk suffices."""
     e = embeddings if model.config.head == "rotation" else torch.nn.functional.normalize(embeddings, dim=1)
     n = e.shape[0]
     k = min(k, n - 1)
+    mates = None
+    if _mates_apply(model, group):
+        mates = (group.ops(e.dtype) @ e.view(n, 1, 3, 3)).reshape(n * group.order, 9)  # (N G, 9)
     out = torch.empty(n, k, dtype=torch.int64)
     for lo in range(0, n, chunk):
-        sim = e[lo:lo + chunk] @ e.T
+        if mates is None:
+            sim = e[lo:lo + chunk] @ e.T
+        else:
+            sim = (e[lo:lo + chunk] @ mates.T).view(-1, n, group.order).amax(-1)
         sim[torch.arange(sim.shape[0]), torch.arange(lo, lo + sim.shape[0])] = -torch.inf
         out[lo:lo + chunk] = sim.topk(k, dim=1).indices
     return out
 
 
 def model_source(stack: ParticleStack, path: str | Path, neighbours: int = 0, batch_size: int = 512,
-                 progress: Callable[[int], None] | None = None, device=None
+                 progress: Callable[[int], None] | None = None, device=None, symmetry: str = "C1"
                  ) -> tuple[ModelDistances, torch.Tensor | None]:
-    """The distance source of the model at ``path`` for ``stack`` and, if asked, each particle's
-    nearest neighbours in the embedding."""
+    """The distance source of the model at ``path`` for ``stack`` (distances modulo the point
+    group ``symmetry``) and, if asked, each particle's nearest neighbours in the embedding."""
     model = load_model(path).to(device)
+    group = point_group(symmetry)
     emb = embed_stack(model, stack, batch_size, progress)
-    nn = nearest_neighbours(model, emb, neighbours) if neighbours > 0 else None
-    return ModelDistances(model, emb), nn
+    nn = nearest_neighbours(model, emb, neighbours, group=group) if neighbours > 0 else None
+    return ModelDistances(model, emb, group), nn

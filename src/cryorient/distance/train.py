@@ -96,7 +96,13 @@ def batch_loss(model, inputs: torch.Tensor, rot: torch.Tensor, designed: torch.T
     first = torch.arange(half, device=emb.device)
     d_designed = net.distance(emb[first], emb[first + (m - half)])
     i, j = torch.triu_indices(m, m, offset=1, device=emb.device)
-    return f(d_designed - designed) + f(net.distance(emb[i], emb[j]) - rotmat_distance(rot[i], rot[j]))
+    group = point_group(cfg.symmetry)
+    if group.order == 1:
+        true = rotmat_distance(rot[i], rot[j])
+    else:  # distances modulo the group; the designed pairs' too (designed in SO(3))
+        true = symmetric_distance(rot[i], rot[j], group)
+        designed = symmetric_distance(rot[first], rot[first + (m - half)], group)
+    return f(d_designed - designed) + f(net.distance(emb[i], emb[j]) - true)
 
 
 @torch.no_grad()
@@ -123,7 +129,10 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     model.train(was_training)
     n = inputs.shape[0]
     i, j = torch.triu_indices(n, n, offset=1, device=emb.device)
-    pred = model.distance(emb[i], emb[j]) if group.order == 1 else apart(emb[i].view(-1, 3, 3), emb[j].view(-1, 3, 3))
+    if group.order == 1 or model.config.head != "rotation":  # the cosine head learned distances modulo G
+        pred = model.distance(emb[i], emb[j])
+    else:
+        pred = apart(emb[i].view(-1, 3, 3), emb[j].view(-1, 3, 3))
     true = apart(rot[i], rot[j])
     err = (pred - true).abs()
     out = {"val_mae": float(err.mean()), "val_rmse": float((err**2).mean().sqrt())}
@@ -414,7 +423,7 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
                 "ranks_in_sync": in_sync, "train_config": json.loads(json.dumps(asdict(cfg)))}
         save_checkpoint(outdir / "model.pt", model_payload(net.cpu(), info))
         net.to(device)
-        write_training_figures(net, history, val, outdir / "figures")
+        write_training_figures(net, history, val, outdir / "figures", cfg.symmetry)
         if weak:
             log.warning("%s", result.warning(cfg.weak_median_deg))
     return result
@@ -439,10 +448,12 @@ def train_on_reference(volume: torch.Tensor, imaging: ImagingModel, cfg: TrainCo
                  init=init, device=device, progress=progress)
 
 
-def write_training_figures(model: SiameseDistance, history: list[dict], val: Batch, figs: Path) -> None:
+def write_training_figures(model: SiameseDistance, history: list[dict], val: Batch, figs: Path,
+                           symmetry: str = "C1") -> None:
     """Training curves (loss, validation median error and MAE per epoch), predicted vs true
     distances of the validation pairs, their error by distance, and (pose head) the
-    validation images' orientation errors."""
+    validation images' orientation errors; modulo the point group ``symmetry``."""
+    group = point_group(symmetry)
     figs.mkdir(exist_ok=True)
     if history:
         ep = np.array([h["epoch"] for h in history])
@@ -459,8 +470,13 @@ def write_training_figures(model: SiameseDistance, history: list[dict], val: Bat
                          for k in range(0, val[0].shape[0], 256)]).cpu()
     rot = val[1].cpu()
     i, j = torch.triu_indices(emb.shape[0], emb.shape[0], offset=1)
-    pred = model.distance(emb[i], emb[j]).numpy()
-    true = rotmat_distance(rot[i], rot[j]).numpy()
+    rotation = model.config.head == "rotation" and emb.shape[1] == 9
+    if group.order == 1:
+        pred, true = model.distance(emb[i], emb[j]).numpy(), rotmat_distance(rot[i], rot[j]).numpy()
+    else:
+        pred = (symmetric_distance(emb[i].view(-1, 3, 3), emb[j].view(-1, 3, 3), group) if rotation
+                else model.distance(emb[i], emb[j])).numpy()
+        true = symmetric_distance(rot[i], rot[j], group).numpy()
     plots.hist2d(true, pred, figs / "predicted_vs_true.png", "true distance (rad)",
                  "predicted distance (rad)", title="Validation pairs")
     bins = np.linspace(0, np.pi, 13)
@@ -472,8 +488,9 @@ def write_training_figures(model: SiameseDistance, history: list[dict], val: Bat
     plots.curves([("mean |error|", centres, mae), ("mean error (bias)", centres, bias)],
                  figs / "error_by_distance.png", "true distance (rad)", "error (rad)",
                  title="Distance error by distance bin", hlines=[(0.0, "")])
-    if model.config.head == "rotation" and emb.shape[1] == 9:
-        pose = np.rad2deg(rotmat_distance(emb.view(-1, 3, 3), rot).numpy())
+    if rotation:
+        pose = np.rad2deg((rotmat_distance(emb.view(-1, 3, 3), rot) if group.order == 1
+                           else symmetric_distance(emb.view(-1, 3, 3), rot, group)).numpy())
         med = float(np.median(pose))
         plots.histogram([("validation images", pose)], figs / "pose_error.png",
                         "predicted vs true orientation (degrees)", title="Validation orientation error",

@@ -15,6 +15,14 @@ measures it), so the fit starts from a multilateration instead:
 
 Restarts use other anchors and grids; the lowest loss wins. The result is defined up to
 O(4) acting on the quaternions (see :mod:`cryorient.orientation.ambiguity`).
+
+With a point group G the targets are distances modulo the group, ``min_S d(R_i, S R_j)``, and
+so is every distance here: each pair is measured to the mate of ``q_j`` nearest ``q_i``
+(``s q_j`` for the group's quaternions ``s``), chosen anew at every step. The spectral seed
+needs ``<q_a, q_b> = cos(d_ab / 2)``, which mates break; the seed is then a joint fit of a
+few spread anchors from many random starts at once (the lowest loss wins). The result is
+defined up to ``R_i -> N S_i R_i C`` (N in the group's normaliser, S_i in the group, C any
+rotation): the transposed branch of C1 is no longer a symmetry of the distances.
 """
 
 from __future__ import annotations
@@ -31,9 +39,13 @@ import torch
 from ..config import RecoveryConfig
 from ..errors import CryorientError
 from ..so3 import canonical_quat, geodesic_distance, normalize_quat, sample_uniform_quats
+from ..symmetry import PointGroup, left_matrices, mate_towards
 from .pairs import PairSet
 
 log = logging.getLogger(__name__)
+GROUP_SEED = 6  # anchors placed jointly first under a point group (an exactly determined fit)
+GROUP_SEED_STARTS = 2048  # random starts of that joint fit
+GROUP_SEED_KEEP = 8  # its best fits, each extended to all anchors
 
 
 @dataclass(frozen=True)
@@ -52,13 +64,18 @@ def residual_loss(res: torch.Tensor, opts: RecoveryConfig) -> torch.Tensor:
     return (res * res).mean()
 
 
-def pair_loss(q: torch.Tensor, pairs: PairSet) -> float:
+def distance_to(qa: torch.Tensor, qb: torch.Tensor, left: torch.Tensor | None) -> torch.Tensor:
+    """Geodesic distances between pairs of quaternions, modulo the group when ``left`` is given."""
+    return geodesic_distance(qa, mate_towards(qa, qb, left))
+
+
+def pair_loss(q: torch.Tensor, pairs: PairSet, left: torch.Tensor | None = None) -> float:
     """The seed's L_OR: mean squared error of the distances over all pairs."""
     with torch.no_grad():
         total = 0.0
         for lo in range(0, len(pairs), 2_000_000):
             sl = slice(lo, lo + 2_000_000)
-            d = geodesic_distance(q[pairs.i[sl]], q[pairs.j[sl]])
+            d = distance_to(q[pairs.i[sl]], q[pairs.j[sl]], left)
             total += float(((pairs.d[sl] - d) ** 2).sum())
     return total / max(len(pairs), 1)
 
@@ -77,10 +94,15 @@ def anchor_targets(pairs: PairSet) -> torch.Tensor:
 
 
 def _multilaterate(targets: torch.Tensor, anchor_q: torch.Tensor, grid: torch.Tensor,
-                   chunk: int = 2048) -> torch.Tensor:
+                   left: torch.Tensor | None = None, chunk: int = 2048) -> torch.Tensor:
     """For each row of ``targets (n, A)`` (NaN = unknown), the grid quaternion minimising
     ``sum_a (t_a - d(g, anchor_a))^2``."""
-    dga = geodesic_distance(grid[:, None], anchor_q[None])  # (M, A)
+    if left is None:
+        dga = geodesic_distance(grid[:, None], anchor_q[None])  # (M, A)
+    else:  # |<g, s q_a>| largest over the mates
+        mates = torch.einsum("gij,aj->agi", left.to(anchor_q.dtype), anchor_q)  # (A, G, 4)
+        dots = (grid @ mates.reshape(-1, 4).T).abs().reshape(grid.shape[0], *mates.shape[:2]).amax(-1)
+        dga = 2 * torch.arccos(dots.clamp(max=1.0))
     out = torch.empty(targets.shape[0], 4)
     for lo in range(0, targets.shape[0], chunk):
         t = targets[lo:lo + chunk]
@@ -94,18 +116,21 @@ def _multilaterate(targets: torch.Tensor, anchor_q: torch.Tensor, grid: torch.Te
 def _gauss_newton(q0: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor, target: torch.Tensor,
                   iterations: int, relax: float = 0.5, fixed: torch.Tensor | None = None,
                   huber_delta: float | None = None, tol: float = 1e-4,
-                  progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list[float]]:
+                  progress: Callable[[int], None] | None = None, left: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, list[float]]:
     """Damped block-Jacobi Gauss-Newton on pair distances (see :func:`refine_gauss_newton`).
 
     ``fixed`` marks quaternions that do not move; ``relax`` scales every step (0.5 when both
-    ends of a pair move, 1 when one end is fixed)."""
+    ends of a pair move, 1 when one end is fixed). With a group (``left``), each pair is
+    measured to the mate of ``q_j`` nearest ``q_i``: a right perturbation of ``q_j`` moves
+    its mates alike, so the step is the same."""
     n = q0.shape[0]
     q = normalize_quat(q0.float())
     target = target.float()
     history: list[float] = []
     eye = torch.eye(3)
     for _ in range(iterations):
-        rel = roma.quat_product(roma.quat_conjugation(q[pi]), q[pj])
+        rel = roma.quat_product(roma.quat_conjugation(q[pi]), mate_towards(q[pi], q[pj], left))
         rel = torch.where(rel[:, 3:] < 0, -rel, rel)
         s = rel[:, :3].norm(dim=1)
         e = 2 * torch.atan2(s, rel[:, 3]) - target
@@ -135,7 +160,7 @@ def _gauss_newton(q0: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor, target: 
 
 
 def _refine_against(q: torch.Tensor, anchor_q: torch.Tensor, targets: torch.Tensor,
-                    iterations: int = 12) -> torch.Tensor:
+                    iterations: int = 12, left: torch.Tensor | None = None) -> torch.Tensor:
     """Refine each row of ``q`` against fixed anchors (rows are independent problems)."""
     n, a = targets.shape
     known = torch.isfinite(targets)
@@ -143,7 +168,7 @@ def _refine_against(q: torch.Tensor, anchor_q: torch.Tensor, targets: torch.Tens
     allq = torch.cat([q, anchor_q])
     fixed = torch.zeros(n + a, dtype=torch.bool)
     fixed[n:] = True
-    out, _ = _gauss_newton(allq, rows, cols + n, targets[known], iterations, relax=1.0, fixed=fixed)
+    out, _ = _gauss_newton(allq, rows, cols + n, targets[known], iterations, relax=1.0, fixed=fixed, left=left)
     return out[:n]
 
 
@@ -162,23 +187,34 @@ def _spectral_cluster(dist: torch.Tensor) -> torch.Tensor:
     return canonical_quat(roma.quat_product(roma.quat_conjugation(q[:1]), q))
 
 
-def _place_anchors(targets: torch.Tensor, grid: torch.Tensor, radius: float = 1.45) -> torch.Tensor:
-    """Anchors among themselves (``targets (A, A)``, complete).
+def _seeds_modulo_group(targets: torch.Tensor, starts: torch.Tensor, left: torch.Tensor,
+                        keep: int, iterations: int = 60) -> list[torch.Tensor]:
+    """Candidate quaternions for a few anchors from their complete mutual distances modulo the
+    group: ``R`` joint Gauss-Newton fits at once, from ``starts (R, k - 1, 4)`` (the first
+    anchor held at the identity); the ``keep`` lowest losses, best first. With ``k = 6`` the
+    fit is exactly determined, so several configurations fit and only the other anchors can
+    tell which is right."""
+    r, k = starts.shape[0], targets.shape[0]
+    q0 = torch.cat([torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(r, 1, 4), starts], 1).reshape(-1, 4)
+    i, j = torch.triu_indices(k, k, offset=1)
+    offs = (torch.arange(r) * k)[:, None]
+    pi, pj = (i[None] + offs).reshape(-1), (j[None] + offs).reshape(-1)
+    fixed = torch.zeros(r * k, dtype=torch.bool)
+    fixed[::k] = True
+    q, _ = _gauss_newton(q0, pi, pj, targets[i, j].repeat(r), iterations, fixed=fixed, left=left,
+                         tol=-math.inf)
+    err = ((distance_to(q[pi], q[pj], left) - targets[i, j].repeat(r)) ** 2).view(r, -1).mean(1)
+    return [q.view(r, k, 4)[o] for o in err.argsort()[:keep]]
 
-    Seed: the anchor with most others within ``radius`` and those others, placed exactly by
-    :func:`_spectral_cluster`. Then, closest first, each remaining anchor by a grid search
-    against all placed ones (at least five, so the solution is unique) and a refinement,
-    with a joint refinement every 8 anchors."""
+
+def _extend(placed: dict[int, torch.Tensor], targets: torch.Tensor, grid: torch.Tensor,
+            left: torch.Tensor | None) -> torch.Tensor:
+    """Every anchor not yet ``placed``, closest first, by a grid search against all placed ones
+    (at least five, so the solution is unique) and a refinement, with a joint refinement every
+    8 anchors; all ``(A, 4)``."""
     a = targets.shape[0]
     t = torch.nan_to_num(targets, nan=math.pi)
-    near = t < radius
-    centre = int(near.sum(1).argmax())
-    seed = torch.nonzero(near[centre]).flatten()
-    seed = torch.cat([torch.tensor([centre]), seed[seed != centre]])
-    if seed.numel() < 5:  # too few neighbours: take the five closest (cos(d/2) still > 0)
-        seed = torch.argsort(t[centre])[:5]
-    placed_idx = seed.tolist()
-    placed = {i: q for i, q in zip(placed_idx, _spectral_cluster(t[seed][:, seed]))}
+    placed_idx = list(placed)
     remaining = [i for i in range(a) if i not in placed]
     count = len(placed_idx)
     while remaining:
@@ -187,35 +223,70 @@ def _place_anchors(targets: torch.Tensor, grid: torch.Tensor, radius: float = 1.
         remaining.remove(k)
         qs = torch.stack([placed[i] for i in placed_idx])
         row = targets[k:k + 1, idx]
-        g = _multilaterate(row, qs, grid)
-        placed[k] = _refine_against(g, qs, row)[0]
+        g = _multilaterate(row, qs, grid, left)
+        placed[k] = _refine_against(g, qs, row, left=left)[0]
         placed_idx.append(k)
         count += 1
         if count % 8 == 0 or not remaining:
             idx = torch.tensor(placed_idx)
             refined = _joint_refine(torch.stack([placed[i] for i in placed_idx]),
-                                    targets[idx][:, idx])
+                                    targets[idx][:, idx], left=left)
             placed = dict(zip(placed_idx, refined))
     return torch.stack([placed[i] for i in range(a)])
 
 
-def _joint_refine(q: torch.Tensor, targets: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+def _place_anchors(targets: torch.Tensor, grid: torch.Tensor, radius: float = 1.45,
+                   left: torch.Tensor | None = None) -> torch.Tensor:
+    """Anchors among themselves (``targets (A, A)``, complete).
+
+    Seed: the anchor with most others within ``radius`` and those others, placed exactly by
+    :func:`_spectral_cluster`; then :func:`_extend`. With a group: the first ``GROUP_SEED``
+    anchors (spread at random) by :func:`_seeds_modulo_group` from grid points, each of its
+    ``GROUP_SEED_KEEP`` candidates extended, the lowest loss over all anchors kept."""
+    a = targets.shape[0]
+    t = torch.nan_to_num(targets, nan=math.pi)
+    if left is not None:
+        k = min(GROUP_SEED, a)
+        n_starts = max(1, min(GROUP_SEED_STARTS, grid.shape[0] // (k - 1)))
+        starts = grid[: n_starts * (k - 1)].reshape(n_starts, k - 1, 4)
+        known = torch.isfinite(targets) & torch.triu(torch.ones_like(targets, dtype=torch.bool), 1)
+        rows, cols = torch.nonzero(known, as_tuple=True)
+        best = None
+        for cand in _seeds_modulo_group(t[:k, :k], starts, left, GROUP_SEED_KEEP):
+            q = _extend(dict(enumerate(cand)), targets, grid, left)
+            loss = float(((distance_to(q[rows], q[cols], left) - targets[known]) ** 2).mean())
+            if best is None or loss < best[0]:
+                best = (loss, q)
+        return best[1]
+    near = t < radius
+    centre = int(near.sum(1).argmax())
+    seed = torch.nonzero(near[centre]).flatten()
+    seed = torch.cat([torch.tensor([centre]), seed[seed != centre]])
+    if seed.numel() < 5:  # too few neighbours: take the five closest (cos(d/2) still > 0)
+        seed = torch.argsort(t[centre])[:5]
+    return _extend({i: q for i, q in zip(seed.tolist(), _spectral_cluster(t[seed][:, seed]))}, targets, grid,
+                   None)
+
+
+def _joint_refine(q: torch.Tensor, targets: torch.Tensor, iterations: int = 20,
+                  left: torch.Tensor | None = None) -> torch.Tensor:
     """Refine a small set against all its mutual targets, the first one held fixed."""
     known = torch.isfinite(targets) & torch.triu(torch.ones_like(targets, dtype=torch.bool), 1)
     rows, cols = torch.nonzero(known, as_tuple=True)
     fixed = torch.zeros(q.shape[0], dtype=torch.bool)
     fixed[0] = True
-    out, _ = _gauss_newton(q, rows, cols, targets[known], iterations, fixed=fixed)
+    out, _ = _gauss_newton(q, rows, cols, targets[known], iterations, fixed=fixed, left=left)
     return out
 
 
-def initialise(pairs: PairSet, grid: torch.Tensor, anchors_order: torch.Tensor) -> torch.Tensor:
+def initialise(pairs: PairSet, grid: torch.Tensor, anchors_order: torch.Tensor,
+               left: torch.Tensor | None = None) -> torch.Tensor:
     """Multilateration: anchors placed first, then every particle against them."""
     targets = anchor_targets(pairs)[:, anchors_order]
     anchor_idx = pairs.anchors[anchors_order]
-    anchor_q = _place_anchors(targets[anchor_idx], grid)
-    q = _multilaterate(targets, anchor_q, grid)
-    q = _refine_against(q, anchor_q, targets)
+    anchor_q = _place_anchors(targets[anchor_idx], grid, left=left)
+    q = _multilaterate(targets, anchor_q, grid, left)
+    q = _refine_against(q, anchor_q, targets, left=left)
     q[anchor_idx] = anchor_q
     return q
 
@@ -228,7 +299,7 @@ def _selected(pairs: PairSet, opts: RecoveryConfig) -> tuple[torch.Tensor, torch
 
 
 def refine_gauss_newton(q0: torch.Tensor, pairs: PairSet, opts: RecoveryConfig,
-                        progress: Callable[[int], None] | None = None
+                        progress: Callable[[int], None] | None = None, left: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, list[float]]:
     """Damped block-Jacobi Gauss-Newton on all pairs (IRLS for the Huber loss).
 
@@ -240,11 +311,12 @@ def refine_gauss_newton(q0: torch.Tensor, pairs: PairSet, opts: RecoveryConfig,
     """
     pi, pj, pd = _selected(pairs, opts)
     delta = opts.huber_delta if opts.loss == "huber" else None
-    return _gauss_newton(q0, pi, pj, pd, opts.max_steps, huber_delta=delta, progress=progress)
+    return _gauss_newton(q0, pi, pj, pd, opts.max_steps, huber_delta=delta, progress=progress, left=left)
 
 
 def refine_adam(q0: torch.Tensor, pairs: PairSet, opts: RecoveryConfig, generator: torch.Generator,
-                progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list[float]]:
+                progress: Callable[[int], None] | None = None, left: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, list[float]]:
     """Adam on all pairs with renormalised quaternions and plateau learning-rate halving."""
     pi, pj, pd = _selected(pairs, opts)
     p = q0.clone().requires_grad_(True)
@@ -258,7 +330,7 @@ def refine_adam(q0: torch.Tensor, pairs: PairSet, opts: RecoveryConfig, generato
         else:
             bi, bj, bd = pi, pj, pd
         opt.zero_grad()
-        loss = residual_loss(bd - geodesic_distance(p[bi], p[bj]), opts)
+        loss = residual_loss(bd - distance_to(p[bi], p[bj], left), opts)
         loss.backward()
         opt.step()
         with torch.no_grad():
@@ -282,24 +354,26 @@ def refine_adam(q0: torch.Tensor, pairs: PairSet, opts: RecoveryConfig, generato
 
 
 def recover(pairs: PairSet, opts: RecoveryConfig, generator: torch.Generator,
-            progress: Callable[[int], None] | None = None) -> RecoveryResult:
-    """Quaternions for ``pairs.n`` particles from the target distances of ``pairs``."""
+            progress: Callable[[int], None] | None = None, group: PointGroup | None = None) -> RecoveryResult:
+    """Quaternions for ``pairs.n`` particles from the target distances of ``pairs`` (distances
+    modulo ``group`` when it is given and not C1)."""
     if not torch.isfinite(pairs.d).all():
         raise CryorientError("target distances contain NaN or infinite values")
     if pairs.anchors.numel() < 4:
         raise CryorientError("recovery needs at least 4 anchor particles")
+    left = left_matrices(group.quaternions()) if group is not None and group.order > 1 else None
     best: tuple | None = None
     losses = []
     for r in range(opts.restarts):
         grid = sample_uniform_quats(opts.grid_size, generator)
         order = torch.randperm(pairs.anchors.shape[0], generator=generator)
-        q0 = initialise(pairs, grid, order)
-        init_loss = pair_loss(q0, pairs)
+        q0 = initialise(pairs, grid, order, left)
+        init_loss = pair_loss(q0, pairs, left)
         if opts.optimizer == "adam":
-            q, history = refine_adam(q0, pairs, opts, generator, progress)
+            q, history = refine_adam(q0, pairs, opts, generator, progress, left)
         else:
-            q, history = refine_gauss_newton(q0, pairs, opts, progress)
-        loss = pair_loss(q, pairs)
+            q, history = refine_gauss_newton(q0, pairs, opts, progress, left)
+        loss = pair_loss(q, pairs, left)
         losses.append(loss)
         log.info("restart %d/%d: L_OR %.3g after multilateration, %.3g after %d steps",
                  r + 1, opts.restarts, init_loss, loss, len(history))

@@ -23,11 +23,12 @@ from ..imaging.translation import estimate_shifts
 from ..io import atomic_output, save_npz
 from ..particles import ParticleStack, write_particles
 from ..rundir import write_json
-from ..so3 import geodesic_distance, quat_to_rotmat, rotmat_angle, rotmat_to_quat
+from ..so3 import quat_to_rotmat, rotmat_angle, rotmat_to_quat
+from ..symmetry import point_group
 from .ambiguity import AmbiguityResult, apply, refine_right_factor, resolve
 from .pairs import PairSet, check_distances, choose_pairs
 from .recover import RecoveryResult, recover
-from .sources import DistanceSource
+from .sources import DistanceSource, TrueDistances
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def run_recovery(stack: ParticleStack, source: DistanceSource, cfg: RecoverConfi
     pairs = pair_distances(source, pairs)
     timings["distances_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = recover(pairs, cfg.recovery, generator, progress)
+    result = recover(pairs, cfg.recovery, generator, progress, point_group(cfg.symmetry))
     timings["recovery_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     raw = quat_to_rotmat(result.quaternions)
@@ -115,9 +116,10 @@ def run_recovery(stack: ParticleStack, source: DistanceSource, cfg: RecoverConfi
 
 
 def write_recovery(outcome: RecoverOutcome, stack: ParticleStack, outdir: Path,
-                   truth: Truth | None = None) -> dict:
+                   truth: Truth | None = None, symmetry: str = "C1") -> dict:
     """orientations.star/.npz, loss.csv, ambiguity.json, metrics.json and figures; with the
-    truth, also the evaluation (errors, orientations_aligned.star, figures)."""
+    truth, also the evaluation (errors, orientations_aligned.star, figures), modulo the point
+    group ``symmetry``."""
     figs = outdir / "figures"
     write_particles(stack.with_orientations(outcome.rotations, outcome.origins_angstrom),
                     outdir / "orientations.star")
@@ -137,13 +139,15 @@ def write_recovery(outcome: RecoverOutcome, stack: ParticleStack, outdir: Path,
                  logy=bool(len(history) and min(history) > 0))
     metrics = outcome.metrics(stack.n)
     if truth is not None:
-        ev = evaluate_poses(outcome.rotations, outcome.origins_angstrom, truth, stack.pixel_size)
+        group = point_group(symmetry)
+        ops = group.ops(torch.float64) if group.order > 1 else None
+        ev = evaluate_poses(outcome.rotations, outcome.origins_angstrom, truth, stack.pixel_size, ops)
         metrics["evaluation"] = ev.metrics()
         if outcome.rotations_before_refinement is not None:
             metrics["evaluation_before_refinement"] = evaluate(outcome.rotations_before_refinement,
-                                                               truth.rotations).metrics()
-        q_true = rotmat_to_quat(truth.rotations)
-        true_d = geodesic_distance(q_true[outcome.pairs.i], q_true[outcome.pairs.j])
+                                                               truth.rotations, ops).metrics()
+        true_d = TrueDistances(rotmat_to_quat(truth.rotations), group).distances(outcome.pairs.i,
+                                                                                 outcome.pairs.j)
         metrics["distance_error"] = {"mae_rad": float((outcome.pairs.d - true_d).abs().mean()),
                                      "rmse_rad": float(((outcome.pairs.d - true_d) ** 2).mean().sqrt())}
         write_particles(ev.in_truth_frame(stack, outcome.origins_angstrom),

@@ -27,6 +27,7 @@ from ..evaluation import Truth
 from ..fourier import fourier_resize
 from ..particles import ParticleStack
 from ..so3 import geodesic_distance, rotmat_to_quat
+from ..symmetry import PointGroup, left_matrices, mate_towards
 
 
 class DistanceSource(Protocol):
@@ -36,14 +37,21 @@ class DistanceSource(Protocol):
     def distances(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor: ...
 
 
+def _true_distance(quaternions: torch.Tensor, group: PointGroup | None, i, j) -> torch.Tensor:
+    left = left_matrices(group.quaternions()) if group is not None and group.order > 1 else None
+    qa = quaternions[i]
+    return geodesic_distance(qa, mate_towards(qa, quaternions[j], left))
+
+
 @dataclass(frozen=True)
 class TrueDistances:
-    quaternions: torch.Tensor
+    quaternions: torch.Tensor  # (N, 4)
+    group: PointGroup | None = None  # distances modulo the group
     name: str = "true"
     checked: bool = True
 
     def distances(self, i, j):
-        return geodesic_distance(self.quaternions[i], self.quaternions[j])
+        return _true_distance(self.quaternions, self.group, i, j)
 
 
 @dataclass(frozen=True)
@@ -51,11 +59,12 @@ class PerturbedDistances:
     quaternions: torch.Tensor
     sigma: float
     generator: torch.Generator
+    group: PointGroup | None = None
     name: str = "perturbed"
     checked: bool = False
 
     def distances(self, i, j):
-        d = geodesic_distance(self.quaternions[i], self.quaternions[j])
+        d = _true_distance(self.quaternions, self.group, i, j)
         return d + self.sigma * torch.randn(d.shape, generator=self.generator, dtype=d.dtype)
 
 
@@ -97,18 +106,20 @@ def euclidean_features(stack: ParticleStack, size: int = 32, batch_size: int = 5
     return torch.cat(feats)
 
 
-def make_source(spec: str, stack: ParticleStack, generator: torch.Generator, truth: Truth | None = None
-                ) -> DistanceSource:
+def make_source(spec: str, stack: ParticleStack, generator: torch.Generator, truth: Truth | None = None,
+                group: PointGroup | None = None) -> DistanceSource:
     """The distance source named by ``spec`` for ``stack`` (``model`` is built by
     :func:`cryorient.distance.predict.model_source`). ``true`` and ``perturbed`` are benchmark
-    baselines: they read the truth, which the caller passes explicitly."""
+    baselines: they read the truth, which the caller passes explicitly; with a point ``group``
+    their distances are modulo the group."""
     kind, arg = parse_distance_source(spec)
     if kind in ("true", "perturbed"):
         if truth is None:
             raise CryorientError(f"{kind} distances need the true orientations, but the STAR file "
                                  "has no rlnAngleRot/Tilt/Psi columns")
         q = rotmat_to_quat(truth.rotations)
-        return TrueDistances(q) if kind == "true" else PerturbedDistances(q, float(arg), generator)
+        return (TrueDistances(q, group) if kind == "true"
+                else PerturbedDistances(q, float(arg), generator, group))
     if kind == "euclidean":
         return EuclideanDistances(euclidean_features(stack))
     raise CryorientError("model distances are computed by cryorient.distance (see 'cryorient distances')")
