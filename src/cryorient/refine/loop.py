@@ -551,7 +551,7 @@ def split_mixture(stack: ParticleStack, rotations: torch.Tensor, origins: torch.
     split of the noise, whose class maps align without a turn. Only this half's images and
     maps are used."""
     from ..imaging.accumulator import backproject
-    from ..imaging.batches import stack_batches
+    from ..imaging.batches import tensor_batches
 
     box, px = stack.box, stack.pixel_size
     res = max(SPLIT_ANGSTROM, 2 * px)
@@ -567,8 +567,9 @@ def split_mixture(stack: ParticleStack, rotations: torch.Tensor, origins: torch.
         out = []
         for members in (~label, label):
             rows = torch.nonzero(members).flatten().cpu().numpy()
-            acc = backproject(stack_batches(stack, cfg.batch_size, rows, size=s, device=device), rot, org, px_s, s,
-                              device=device, operators=ops)
+            # the images already read and resized, not the stack again
+            acc = backproject(tensor_batches(images, ctf, cfg.batch_size, rows), rot, org, px_s, s, device=device,
+                              operators=ops)
             out.append(acc.finalize(cfg.wiener).cpu())
         return out
 
