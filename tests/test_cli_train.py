@@ -104,8 +104,7 @@ def test_train_and_distances_bad_inputs(trained, tmp_path):
         (["train", "--reference", "1ake_adk_closed", *base, "--objective", "pairs", "--hypotheses", "2"],
          "pairs objective trains one pose hypothesis"),
         (["train", "--reference", "1ake_adk_closed", *base, "--symmetry", "C0"], "unknown symmetry"),
-        (["train", "--reference", "1ake_adk_closed", *base, "--objective", "pairs", "--symmetry", "C2"],
-         "assume C1"),
+        (["recover", *base, "--distances", "true", "--symmetry", "Cs"], "Cn, Dn, T, O or I"),
     ]:
         code, _, err = run_cli(*args, "--outdir", tmp_path / "o", "--quiet")
         assert_one_line_error(code, err, fragment)

@@ -19,8 +19,9 @@ O(4) acting on the quaternions (see :mod:`cryorient.orientation.ambiguity`).
 With a point group G the targets are distances modulo the group, ``min_S d(R_i, S R_j)``, and
 so is every distance here: each pair is measured to the mate of ``q_j`` nearest ``q_i``
 (``s q_j`` for the group's quaternions ``s``), chosen anew at every step. The spectral seed
-needs ``<q_a, q_b> = cos(d_ab / 2)``, which mates break; the seed is then a joint fit of a
-few spread anchors from many random starts at once (the lowest loss wins). The result is
+needs ``<q_a, q_b> = cos(d_ab / 2)``, which mates break; the start is then a joint fit of six
+anchors from many random starts at once, whose best fits are each extended to all anchors,
+the one that fits them all best kept (docs/model.md has the measurements). The result is
 defined up to ``R_i -> N S_i R_i C`` (N in the group's normaliser, S_i in the group, C any
 rotation): the transposed branch of C1 is no longer a symmetry of the distances.
 """
