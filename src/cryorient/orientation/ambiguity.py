@@ -99,25 +99,33 @@ def radius_weights(lines: torch.Tensor, rot: torch.Tensor, pi: torch.Tensor, pj:
 
 
 def common_line_angles(rot_i: torch.Tensor, rot_j: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """In-plane angles (mod pi) of the common line in images i and j, and ``|n_i x n_j|``."""
-    u = torch.cross(rot_i[..., :, 2], rot_j[..., :, 2], dim=-1)
-    s = u.norm(dim=-1)
-    ci = (rot_i.transpose(-1, -2) @ u[..., None])[..., 0]
-    cj = (rot_j.transpose(-1, -2) @ u[..., None])[..., 0]
-    ai = torch.remainder(torch.atan2(ci[..., 1], ci[..., 0]), math.pi)
-    aj = torch.remainder(torch.atan2(cj[..., 1], cj[..., 0]), math.pi)
-    return ai, aj, s
+    """In-plane angles (mod pi) of the common line in images i and j, and ``|n_i x n_j|``.
+
+    With ``M = R_i^T R_j`` the common line ``n_i x n_j`` is ``(-M12, M02)`` in image i and
+    ``(M21, -M20)`` in image j, and its length is ``|(M02, M12)|``: four entries of M."""
+    def entry(a: int, b: int) -> torch.Tensor:
+        return (rot_i[..., :, a] * rot_j[..., :, b]).sum(-1)
+
+    m02, m12, m20, m21 = entry(0, 2), entry(1, 2), entry(2, 0), entry(2, 1)
+    ai = torch.remainder(torch.atan2(m02, -m12), math.pi)
+    aj = torch.remainder(torch.atan2(-m20, m21), math.pi)
+    return ai, aj, torch.hypot(m02, m12)
 
 
 def _interp_lines(lines: torch.Tensor, img: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Lines of images ``img`` at continuous angles (linear interpolation, period pi)."""
-    n_angles = lines.shape[1]
+    n_angles, radii = lines.shape[1], lines.shape[2]
     pos = angle * (n_angles / math.pi)
     k0 = pos.floor().long()
     t = (pos - k0)[..., None]
-    a = lines[img, k0 % n_angles]
-    b = lines[img, (k0 + 1) % n_angles]
-    return a + (b - a) * t
+    flat = lines.reshape(-1, radii)
+    row = img * n_angles
+
+    def at(k: torch.Tensor) -> torch.Tensor:
+        return flat.index_select(0, (row + k % n_angles).reshape(-1)).reshape(*k.shape, radii)
+
+    a = at(k0)
+    return a + (at(k0 + 1) - a) * t
 
 
 def score_direct(lines: torch.Tensor, rot: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor,
@@ -132,35 +140,34 @@ def score_direct(lines: torch.Tensor, rot: torch.Tensor, pi: torch.Tensor, pj: t
 
 
 def _coarse_scores(table: torch.Tensor, base: torch.Tensor, cands: torch.Tensor, pi: torch.Tensor,
-                   pj: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+                   pj: torch.Tensor, pair_chunk: int = 128, cand_chunk: int = 2048) -> torch.Tensor:
     """Scores of candidates ``E`` (C, 3, 3) for orientations ``base @ E`` via the table.
 
-    With ``M = R_i^T R_j`` and ``e = E e_z``: ``R_i'^T u = E^T (e x M e)`` and
-    ``R_j'^T u = E^T (M^T e x e)``, so no per-candidate matrix products are needed."""
+    With ``M = R_i^T R_j`` and ``E = [e0 e1 e2]``, the common line's in-plane angles are
+    ``atan2(e0.M e2, -e1.M e2)`` in image i and ``atan2(-e2.M e0, e2.M e1)`` in image j, and
+    ``|n_i x n_j| = sqrt(1 - (e2.M e2)^2)``: five bilinear forms ``a.M b = <M, a b^T>``, one
+    matrix product for all candidates and pairs. Pairs are taken in blocks whose tables stay in
+    the cache (the table lookups, not the arithmetic, were the cost)."""
     p, lc, _ = table.shape
-    flat = table.reshape(-1)
-    offs = torch.arange(p) * lc * lc
-    rel = base[pi].transpose(-1, -2) @ base[pj]  # (P, 3, 3)
-    out = torch.empty(cands.shape[0])
-    for lo in range(0, cands.shape[0], chunk):
-        cand = cands[lo:lo + chunk]  # (c, 3, 3)
-        e = cand[:, :, 2]  # (c, 3)
-        me = torch.einsum("pij,cj->cpi", rel, e)
-        mte = torch.einsum("pji,cj->cpi", rel, e)
-        ee = e[:, None, :].expand_as(me)
-        vi = torch.cross(ee, me, dim=-1)
-        vj = torch.cross(mte, ee, dim=-1)
-        s = vi.norm(dim=-1)
-        # in-plane coordinates: dot with the first two columns of E
-        ai = torch.remainder(torch.atan2(torch.einsum("cpi,ci->cp", vi, cand[:, :, 1]),
-                                         torch.einsum("cpi,ci->cp", vi, cand[:, :, 0])), math.pi)
-        aj = torch.remainder(torch.atan2(torch.einsum("cpi,ci->cp", vj, cand[:, :, 1]),
-                                         torch.einsum("cpi,ci->cp", vj, cand[:, :, 0])), math.pi)
-        a = torch.round(ai * (lc / math.pi)).long() % lc  # nearest table entry: the coarse
-        b = torch.round(aj * (lc / math.pi)).long() % lc  # stage only has to find the basin
-        val = flat[offs + a * lc + b]
-        out[lo:lo + chunk] = (s * val).sum(-1) / s.sum(-1).clamp_min(1e-12)
-    return out
+    rel = (base[pi].transpose(-1, -2) @ base[pj]).reshape(p, 9).T.to(cands.dtype)  # (9, P)
+    e0, e1, e2 = cands[:, :, 0], cands[:, :, 1], cands[:, :, 2]
+    forms = torch.stack([(a[:, :, None] * b[:, None, :]).reshape(-1, 9)
+                         for a, b in ((e0, e2), (e1, e2), (e2, e0), (e2, e1), (e2, e2))], 1)  # (C, 5, 9)
+    num = torch.zeros(cands.shape[0], dtype=table.dtype)
+    den = torch.zeros(cands.shape[0], dtype=table.dtype)
+    per_rad = lc / math.pi  # lines are pi-periodic: the nearest table entry is the angle's index mod lc
+    for lo in range(0, p, pair_chunk):
+        block = table[lo:lo + pair_chunk].reshape(-1)
+        offs = torch.arange(block.shape[0] // (lc * lc)) * (lc * lc)
+        rel_block = rel[:, lo:lo + pair_chunk]
+        for c in range(0, cands.shape[0], cand_chunk):
+            f = forms[c:c + cand_chunk] @ rel_block  # (c, 5, pairs)
+            a = torch.round(torch.atan2(f[:, 0], -f[:, 1]) * per_rad).long() % lc  # nearest entry: the
+            b = torch.round(torch.atan2(-f[:, 2], f[:, 3]) * per_rad).long() % lc  # coarse stage finds the basin
+            s = (1 - f[:, 4] ** 2).clamp_min(0).sqrt()
+            num[c:c + cand_chunk] += (s * block[offs + a * lc + b]).sum(-1)
+            den[c:c + cand_chunk] += s.sum(-1)
+    return num / den.clamp_min(1e-12)
 
 
 def _pattern_search(lines, base, e0, pi, pj, weights, start_deg=3.0, stop_deg=0.02
