@@ -16,9 +16,9 @@ def learned(tmp_path_factory):
     code, _, err = run_cli("simulate", "--structure", "3kpr_single", "--box-size", 32, "--pixel-size", 6,
                            "--n-particles", 300, "--snr", 1, "--max-shift-px", 1, "--ctf", "--outdir", sim, "--quiet")
     assert code == 0, err
-    # 10 epochs of 100 steps (not a time budget: the same model on a slower machine)
+    # 6 epochs of 100 steps (not a time budget: the same model on a slower machine)
     code, stdout, err = run_cli("train", "--reference", "3kpr_single", "--particles", sim / "particles.star",
-                                "--max-epochs", 10, "--minutes", 30, "--outdir", root / "train", "--quiet")
+                                "--max-epochs", 6, "--minutes", 30, "--outdir", root / "train", "--quiet")
     assert code == 0, err
     return sim, root, stdout
 
@@ -27,8 +27,7 @@ def test_a_trained_model_is_not_called_weak(learned):
     _, root, stdout = learned
     assert "too weak" not in stdout, stdout
     last = json.loads((root / "train" / "metrics.jsonl").read_text().strip().splitlines()[-1])
-    assert last["epoch"] == 10 and last["val_median_deg"] < 20.0, last  # measured 9.8° (10.1° with one hypothesis)
-    # (10.6° with the reference perturbed)
+    assert last["epoch"] == 6 and last["val_median_deg"] < 20.0, last  # measured 12.1° (9.4° after 10 epochs)
 
 
 def test_learned_distances_recover_and_beat_euclidean(learned):
@@ -40,8 +39,8 @@ def test_learned_distances_recover_and_beat_euclidean(learned):
         assert code == 0, err
         m = json.loads((root / name / "metrics.json").read_text())
         errors[name] = m["evaluation"]["rotation_error"]["median_deg"]
-    assert errors["model"] < 8.0, errors  # measured 4.25° (4.4° with one hypothesis)
-    assert errors["euclidean"] > 5 * errors["model"], errors  # measured 127.3° against 4.25°
+    assert errors["model"] < 8.0, errors  # measured 4.25° (after 10 epochs too)
+    assert errors["euclidean"] > 5 * errors["model"], errors  # measured 126.5° against 4.25°
 
 
 def test_the_network_reads_a_quarter_turned_image_as_the_view_turned_back(learned):
@@ -66,7 +65,7 @@ def test_the_network_reads_a_quarter_turned_image_as_the_view_turned_back(learne
     truth = full.rotations()  # the network's frame is the reference's, the simulation's own
     near = torch.stack([so3.rotmat_distance(turned[:, i], truth) for i in range(turned.shape[1])], 1)
     count = (near < math.radians(20.0)).sum(1).float()  # guesses within 20° of the truth, per particle
-    # measured: 7.46 of 16 on average, 94% of the particles with 4 or more; turned back the wrong
-    # way (the matrix transposed): 3.76 and 53%
+    # measured: 5.46 of 16 on average, 82% of the particles with 4 or more; turned back the wrong
+    # way (the matrix transposed): 2.74 and 25% (after 10 epochs: 7.42 and 93%, wrong way 3.85, 52%)
     four = float((count >= 4).float().mean())
-    assert float(count.mean()) > 5.5 and four > 0.8, (count.mean(), four)
+    assert float(count.mean()) > 4.0 and four > 0.6, (count.mean(), four)
