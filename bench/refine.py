@@ -31,6 +31,7 @@ global search runs an hour per iteration on two cores.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import shutil
 import subprocess
@@ -373,28 +374,44 @@ def relion_inputs(sim: Path, work: Path, box: int = 64) -> None:
 
 
 def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str = "C1",
-                minutes: float | None = None) -> dict:
+                minutes: float | None = None, resume: bool = False) -> dict:
     """relion_refine_mpi auto-refine from the same low-passed reference on the same stack; with
-    ``minutes``, stopped after that much wall time and judged on its last finished iteration."""
+    ``minutes``, stopped after that much wall time and judged on its last finished iteration.
+    ``resume``: a run that was killed (not finished) goes on from its last written iteration
+    (``relion_refine --continue``); its time is the sum of its segments (``segments.json``)."""
     sim = stack_for(tmp, name, n)
     ref = reference_for(tmp, name, kind)
     work = tmp / f"relion_{name}_{kind}{_box_tag()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    segments_file = work / "segments.json"
+    done_before = sorted((work / "out").glob("run_it*_optimiser.star")) if resume else []
+    segments = json.loads(segments_file.read_text()) if done_before and segments_file.is_file() else []
+    for seg in segments:  # a killed segment counts up to its last written iteration (the rest is redone)
+        if seg["seconds"] is None:
+            seg["seconds"] = round(done_before[-1].stat().st_mtime - seg["started_epoch"])
+    if not done_before:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        relion_inputs(sim, work, BOX)
+        (work / "out").mkdir()
     diameter = int(0.9 * 64 * STRUCTURES[name]["px"])
-    relion_inputs(sim, work, BOX)
-    (work / "out").mkdir()
     t, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    args = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--o", "out/run",
-            "--auto_refine", "--split_random_halves", "--i", "norm.star", "--ref", str(ref), "--ini_high",
-            "60" if kind == "lowpass60" else "40", "--firstiter_cc", "--ctf", "--particle_diameter", str(diameter),
-            "--flatten_solvent", "--zero_mask", "--oversampling", "1", "--healpix_order", "2",
-            "--auto_local_healpix_order", "4" if BOX == 64 else "3", "--offset_range", str(5 * BOX // 64),
-            "--offset_step", str(2 * BOX // 64), "--sym", symmetry,
-            "--low_resol_join_halves", "40", "--norm", "--scale", "--pad", "2", "--j", "1",
-            "--dont_combine_weights_via_disc", "--pool", "3"]
+    first = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi", "--o", "out/run"]
+    if done_before:  # RELION's own continuation: the optimiser STAR keeps every setting
+        args = [*first, "--continue", str(done_before[-1].relative_to(work)), "--j", "1",
+                "--dont_combine_weights_via_disc", "--pool", "3"]
+    else:
+        args = [*first, "--auto_refine", "--split_random_halves", "--i", "norm.star", "--ref", str(ref),
+                "--ini_high", "60" if kind == "lowpass60" else "40", "--firstiter_cc", "--ctf",
+                "--particle_diameter", str(diameter), "--flatten_solvent", "--zero_mask", "--oversampling", "1",
+                "--healpix_order", "2", "--auto_local_healpix_order", "4" if BOX == 64 else "3",
+                "--offset_range", str(5 * BOX // 64), "--offset_step", str(2 * BOX // 64), "--sym", symmetry,
+                "--low_resol_join_halves", "40", "--norm", "--scale", "--pad", "2", "--j", "1",
+                "--dont_combine_weights_via_disc", "--pool", "3"]
     stopped = False
-    with open(work / "relion.log", "w") as fh:
+    segments.append({"started_epoch": time.time(), "from": done_before[-1].name if done_before else None,
+                     "seconds": None})
+    segments_file.write_text(json.dumps(segments, indent=1))
+    with open(work / "relion.log", "a") as fh:
         proc = subprocess.Popen(args, cwd=work, stdout=fh, stderr=subprocess.STDOUT)
         try:
             rc = proc.wait(timeout=None if minutes is None else 60 * minutes)
@@ -405,6 +422,8 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str
     if rc != 0:
         raise subprocess.CalledProcessError(rc, args)
     seconds = time.perf_counter() - t
+    segments[-1]["seconds"] = round(seconds)
+    segments_file.write_text(json.dumps(segments, indent=1))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
     out = work / "out"
@@ -417,8 +436,10 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str
     judged = judge_relion(sim, data, model, symmetry)
     return {"structure": name, "reference": kind,
             "method": f"RELION 3.1 auto-refine ({symmetry})" + (f", stopped at {minutes:g} min" if stopped else ""),
-            "seconds": round(seconds), "cpu_seconds_all_ranks": round(cpu_s), "stopped_by_budget": stopped,
-            "judged_iteration": data.name, **judged}
+            "seconds": sum(seg["seconds"] for seg in segments), "cpu_seconds_all_ranks": round(cpu_s),
+            "stopped_by_budget": stopped, "judged_iteration": data.name,
+            **({"segments_s": [seg["seconds"] for seg in segments],
+                "cpu_seconds_of": "the last segment"} if len(segments) > 1 else {}), **judged}
 
 
 SCALING = """
@@ -487,6 +508,8 @@ def main() -> None:
     ap.add_argument("--start", choices=("reference", "particles"), default="reference",
                     help="particles: round 0 from the ab initio map placed in the reference's frame and hand")
     ap.add_argument("--relion", action="store_true", help="run RELION auto-refine on the exact-reference stacks")
+    ap.add_argument("--relion-resume", action="store_true",
+                    help="go on with a killed RELION run in --workdir from its last written iteration")
     ap.add_argument("--relion-minutes", type=float, default=None,
                     help="stop RELION after this much wall time and judge its last finished iteration")
     ap.add_argument("--scaling", action="store_true", help="network vs global search at 20 Å (use --only with no case)")
@@ -530,7 +553,7 @@ def main() -> None:
                 write_results(stem, results)  # after each case: a long run stopped keeps what it measured
         if args.relion and kind in ("exact", "moved15", "lowpass60") and shutil.which("relion_refine_mpi"):
             results["cases"].append(relion_case(tmp, name, args.n, kind, "C1" if name == "1a28" else sym,
-                                                args.relion_minutes))
+                                                args.relion_minutes, args.relion_resume))
             print(results["cases"][-1], flush=True)
             write_results(stem, results)
     print_table(results["cases"], [("structure", "structure"), ("reference", "reference"), ("method", "method"),

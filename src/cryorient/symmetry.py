@@ -156,6 +156,14 @@ def mate_towards(qa: torch.Tensor, qb: torch.Tensor, left: torch.Tensor | None, 
     return torch.cat(out) if len(out) != 1 else out[0]
 
 
+def distance_modulo(qa: torch.Tensor, qb: torch.Tensor, left: torch.Tensor | None) -> torch.Tensor:
+    """Geodesic distances between pairs of quaternions ``(P, 4)``, modulo the group whose
+    :func:`left_matrices` are ``left`` (plain distances when None)."""
+    from .so3 import geodesic_distance
+
+    return geodesic_distance(qa, mate_towards(qa, qb, left))
+
+
 def asymmetric_unit(rotations: torch.Tensor, operators: torch.Tensor, margin_rad: float = 0.0) -> torch.Tensor:
     """Which of ``rotations`` ``(M, 3, 3)`` lie in one asymmetric unit of SO(3) under the group
     of ``operators`` ``(G, 3, 3)`` (:meth:`PointGroup.ops`, the identity first; the mates

@@ -40,7 +40,7 @@ import torch
 from ..config import RecoveryConfig
 from ..errors import CryorientError
 from ..so3 import canonical_quat, geodesic_distance, normalize_quat, sample_uniform_quats
-from ..symmetry import PointGroup, left_matrices, mate_towards
+from ..symmetry import PointGroup, distance_modulo, left_matrices, mate_towards
 from .pairs import PairSet
 
 log = logging.getLogger(__name__)
@@ -65,18 +65,13 @@ def residual_loss(res: torch.Tensor, opts: RecoveryConfig) -> torch.Tensor:
     return (res * res).mean()
 
 
-def distance_to(qa: torch.Tensor, qb: torch.Tensor, left: torch.Tensor | None) -> torch.Tensor:
-    """Geodesic distances between pairs of quaternions, modulo the group when ``left`` is given."""
-    return geodesic_distance(qa, mate_towards(qa, qb, left))
-
-
 def pair_loss(q: torch.Tensor, pairs: PairSet, left: torch.Tensor | None = None) -> float:
     """The seed's L_OR: mean squared error of the distances over all pairs."""
     with torch.no_grad():
         total = 0.0
         for lo in range(0, len(pairs), 2_000_000):
             sl = slice(lo, lo + 2_000_000)
-            d = distance_to(q[pairs.i[sl]], q[pairs.j[sl]], left)
+            d = distance_modulo(q[pairs.i[sl]], q[pairs.j[sl]], left)
             total += float(((pairs.d[sl] - d) ** 2).sum())
     return total / max(len(pairs), 1)
 
@@ -204,7 +199,7 @@ def _seeds_modulo_group(targets: torch.Tensor, starts: torch.Tensor, left: torch
     fixed[::k] = True
     q, _ = _gauss_newton(q0, pi, pj, targets[i, j].repeat(r), iterations, fixed=fixed, left=left,
                          tol=-math.inf)
-    err = ((distance_to(q[pi], q[pj], left) - targets[i, j].repeat(r)) ** 2).view(r, -1).mean(1)
+    err = ((distance_modulo(q[pi], q[pj], left) - targets[i, j].repeat(r)) ** 2).view(r, -1).mean(1)
     return [q.view(r, k, 4)[o] for o in err.argsort()[:keep]]
 
 
@@ -255,7 +250,7 @@ def _place_anchors(targets: torch.Tensor, grid: torch.Tensor, radius: float = 1.
         best = None
         for cand in _seeds_modulo_group(t[:k, :k], starts, left, GROUP_SEED_KEEP):
             q = _extend(dict(enumerate(cand)), targets, grid, left)
-            loss = float(((distance_to(q[rows], q[cols], left) - targets[known]) ** 2).mean())
+            loss = float(((distance_modulo(q[rows], q[cols], left) - targets[known]) ** 2).mean())
             if best is None or loss < best[0]:
                 best = (loss, q)
         return best[1]
@@ -331,7 +326,7 @@ def refine_adam(q0: torch.Tensor, pairs: PairSet, opts: RecoveryConfig, generato
         else:
             bi, bj, bd = pi, pj, pd
         opt.zero_grad()
-        loss = residual_loss(bd - distance_to(p[bi], p[bj], left), opts)
+        loss = residual_loss(bd - distance_modulo(p[bi], p[bj], left), opts)
         loss.backward()
         opt.step()
         with torch.no_grad():

@@ -26,8 +26,8 @@ from ..errors import CryorientError
 from ..evaluation import Truth
 from ..fourier import fourier_resize
 from ..particles import ParticleStack
-from ..so3 import geodesic_distance, rotmat_to_quat
-from ..symmetry import PointGroup, left_matrices, mate_towards
+from ..so3 import rotmat_to_quat
+from ..symmetry import PointGroup, distance_modulo, left_matrices
 
 
 class DistanceSource(Protocol):
@@ -37,10 +37,8 @@ class DistanceSource(Protocol):
     def distances(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor: ...
 
 
-def _true_distance(quaternions: torch.Tensor, group: PointGroup | None, i, j) -> torch.Tensor:
-    left = left_matrices(group.quaternions()) if group is not None and group.order > 1 else None
-    qa = quaternions[i]
-    return geodesic_distance(qa, mate_towards(qa, quaternions[j], left))
+def _left(group: PointGroup | None) -> torch.Tensor | None:
+    return left_matrices(group.quaternions()) if group is not None and group.order > 1 else None
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ class TrueDistances:
     checked: bool = True
 
     def distances(self, i, j):
-        return _true_distance(self.quaternions, self.group, i, j)
+        return distance_modulo(self.quaternions[i], self.quaternions[j], _left(self.group))
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ class PerturbedDistances:
     checked: bool = False
 
     def distances(self, i, j):
-        d = _true_distance(self.quaternions, self.group, i, j)
+        d = distance_modulo(self.quaternions[i], self.quaternions[j], _left(self.group))
         return d + self.sigma * torch.randn(d.shape, generator=self.generator, dtype=d.dtype)
 
 
