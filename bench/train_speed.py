@@ -290,7 +290,7 @@ print(json.dumps({{}}))
     return moved
 
 
-def finetune(tmp: Path) -> list[dict]:
+def finetune(tmp: Path, lrs: list[float | None], changes: list[str]) -> list[dict]:
     sim = tmp / "demo_sim"
     if not (sim / "particles.star").is_file():
         run_isolated(SIMULATE.format(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
@@ -302,17 +302,19 @@ def finetune(tmp: Path) -> list[dict]:
     target = json.loads(Path(tmp / "demo_new" / "metrics.jsonl").read_text().splitlines()[-1])["val_mae"]
     moved = moved_domain(tmp, 10.0)
     rows = []
-    for name, reference, lowpass in (("low-passed to 15 Å", "3kpr_single", 15.0), ("domain moved 10°", moved, None)):
+    cases = {"lowpass15": ("low-passed to 15 Å", "3kpr_single", 15.0), "moved10": ("domain moved 10°", moved, None)}
+    for (name, reference, lowpass), lr in ((cases[c], lr) for c in changes for lr in lrs):
+        train = {"curriculum_epochs": 1, **({"lr": lr} if lr is not None else {})}
         code = NEW_TRAIN.format(star=sim / "particles.star", reference=reference, chains=None, model={},
-                                minutes=1.0, train={"curriculum_epochs": 1}, out=tmp / f"ft_{len(rows)}",
-                                init=f"'{base}'")
+                                minutes=1.0, train=train, out=tmp / f"ft_{len(rows)}", init=f"'{base}'")
         if lowpass:
             code = code.replace("volume = load_volume(", "from cryorient.volumes import lowpass_to_resolution\n"
                                 "volume = lowpass_to_resolution(load_volume(").replace(
                 "density)\nimaging", f"density), stack.pixel_size, {lowpass})\nimaging")
         r = run_isolated(code)
         back = [t for t, (_, mae) in zip(r["elapsed"], r["history"]) if mae <= target * 1.02]
-        rows.append({"change": name, "trained_val_mae": round(target, 3), "first_epoch_val_mae": r["history"][0][1],
+        rows.append({"change": name, "lr": lr or "default", "trained_val_mae": round(target, 3),
+                     "epochs": len(r["history"]), "first_epoch_val_mae": r["history"][0][1],
                      "final_val_mae": round(r["val_mae"], 3), "seconds_back": round(back[0]) if back else None})
         print(rows[-1], flush=True)
     return rows
@@ -422,6 +424,10 @@ def main() -> None:
     ap.add_argument("--trained", default=None,
                     help="protein cases: evaluate the stacks and models of an earlier run's workdir instead of "
                          "simulating and training again")
+    ap.add_argument("--finetune-lr", nargs="*", type=float, default=[None],
+                    help="finetune: learning rates to try (default: TrainConfig's)")
+    ap.add_argument("--finetune-changes", nargs="*", choices=("lowpass15", "moved10"),
+                    default=["lowpass15", "moved10"], help="finetune: the reference changes")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-train-"))
@@ -452,8 +458,9 @@ def main() -> None:
                                           ("better_deg", "better by score °"), ("random_deg", "random °")],
                     "Pose error vs truth, box 64 at 1.5 Å/px, SNR 1/16, N=2000")
     if wanted("finetune"):
-        results["finetune"] = finetune(tmp)
-        print_table(results["finetune"], [("change", "reference change"), ("trained_val_mae", "trained MAE"),
+        results["finetune"] = finetune(tmp, args.finetune_lr, args.finetune_changes)
+        print_table(results["finetune"], [("change", "reference change"), ("lr", "lr"), ("epochs", "epochs"),
+                                          ("trained_val_mae", "trained MAE"),
                                           ("first_epoch_val_mae", "after 1 epoch"), ("final_val_mae", "after 1 min"),
                                           ("seconds_back", "s back to trained MAE")], "Fine-tuning")
     if wanted("augment"):
