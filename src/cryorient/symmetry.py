@@ -141,6 +141,11 @@ def left_matrices(group_quats: torch.Tensor) -> torch.Tensor:
     return torch.stack([roma.quat_product(group_quats, eye[k].expand_as(group_quats)) for k in range(4)], dim=-1)
 
 
+def group_left_matrices(group: PointGroup | None) -> torch.Tensor | None:
+    """:func:`left_matrices` of a group, or None for no group or C1 (plain distances)."""
+    return left_matrices(group.quaternions()) if group is not None and group.order > 1 else None
+
+
 def mate_towards(qa: torch.Tensor, qb: torch.Tensor, left: torch.Tensor | None, chunk: int = 1_000_000
                  ) -> torch.Tensor:
     """For pairs ``(qa, qb)`` ``(P, 4)``, the mate ``s qb`` nearest ``qa`` (``qb`` itself

@@ -40,7 +40,7 @@ import torch
 from ..config import RecoveryConfig
 from ..errors import CryorientError
 from ..so3 import canonical_quat, geodesic_distance, normalize_quat, sample_uniform_quats
-from ..symmetry import PointGroup, distance_modulo, left_matrices, mate_towards
+from ..symmetry import PointGroup, distance_modulo, group_left_matrices, mate_towards
 from .pairs import PairSet
 
 log = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ def recover(pairs: PairSet, opts: RecoveryConfig, generator: torch.Generator,
         raise CryorientError("target distances contain NaN or infinite values")
     if pairs.anchors.numel() < 4:
         raise CryorientError("recovery needs at least 4 anchor particles")
-    left = left_matrices(group.quaternions()) if group is not None and group.order > 1 else None
+    left = group_left_matrices(group)
     best: tuple | None = None
     losses = []
     for r in range(opts.restarts):

@@ -27,7 +27,7 @@ from ..evaluation import Truth
 from ..fourier import fourier_resize
 from ..particles import ParticleStack
 from ..so3 import rotmat_to_quat
-from ..symmetry import PointGroup, distance_modulo, left_matrices
+from ..symmetry import PointGroup, distance_modulo, group_left_matrices
 
 
 class DistanceSource(Protocol):
@@ -35,10 +35,6 @@ class DistanceSource(Protocol):
     checked: bool  # distances must lie in [0, pi] (False only for the synthetic perturbation)
 
     def distances(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor: ...
-
-
-def _left(group: PointGroup | None) -> torch.Tensor | None:
-    return left_matrices(group.quaternions()) if group is not None and group.order > 1 else None
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,7 @@ class TrueDistances:
     checked: bool = True
 
     def distances(self, i, j):
-        return distance_modulo(self.quaternions[i], self.quaternions[j], _left(self.group))
+        return distance_modulo(self.quaternions[i], self.quaternions[j], group_left_matrices(self.group))
 
 
 @dataclass(frozen=True)
@@ -62,7 +58,7 @@ class PerturbedDistances:
     checked: bool = False
 
     def distances(self, i, j):
-        d = distance_modulo(self.quaternions[i], self.quaternions[j], _left(self.group))
+        d = distance_modulo(self.quaternions[i], self.quaternions[j], group_left_matrices(self.group))
         return d + self.sigma * torch.randn(d.shape, generator=self.generator, dtype=d.dtype)
 
 
