@@ -87,15 +87,17 @@ def score_poses(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, 
     # A_bt = w conj(X_b) C_b S_t ; numerator = Re(A P^T)
     a = (weights * x.conj() * c)[:, None, :] * ramps[None]  # (B, T, K)
     wcc = weights * c * c  # (B, K)
+    # Re(A P^T) as one real product: [Re A, Im A] . [Re P, -Im P]
+    a2 = torch.cat([a.real, a.imag], dim=-1)  # (B, T, 2K)
+    p2 = torch.cat([refs.real, -refs.imag], dim=-1)  # (M, 2K) or (B, M, 2K)
     if refs.dim() == 2:
-        flat = a.reshape(-1, a.shape[-1])
-        num = (flat.real @ refs.real.T - flat.imag @ refs.imag.T).view(images.shape[0], -1, refs.shape[0])
+        num = (a2.reshape(-1, a2.shape[-1]) @ p2.T).view(images.shape[0], -1, refs.shape[0])
         den2 = wcc @ (refs.abs() ** 2).T  # (B, M)
     else:
-        num = a.real @ refs.real.transpose(1, 2) - a.imag @ refs.imag.transpose(1, 2)  # (B, T, M)
+        num = a2 @ p2.transpose(1, 2)  # (B, T, M)
         den2 = (wcc[:, None, :] * refs.abs() ** 2).sum(-1)  # (B, M)
     den = (den2.sqrt() * x_norm[:, None]).clamp_min(1e-20)
-    return num / den[:, None, :]
+    return num.div_(den[:, None, :])
 
 
 def _best(scores: torch.Tensor, k_real: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,7 +106,9 @@ def _best(scores: torch.Tensor, k_real: float) -> tuple[torch.Tensor, torch.Tens
     flat = scores.reshape(scores.shape[0], -1)
     top, idx = flat.max(dim=1)
     m = scores.shape[-1]
-    conf = torch.softmax(0.5 * k_real * flat.clamp_min(0) ** 2, dim=1).max(dim=1).values
+    # the largest softmax entry of z = K ncc+^2 / 2 is exp(z_max - logsumexp z); z_max is at the top
+    z = flat.clamp_min(0).square_().mul_(0.5 * k_real)
+    conf = (0.5 * k_real * top.clamp_min(0) ** 2 - torch.logsumexp(z, dim=1)).exp()
     return idx // m, idx % m, top, conf
 
 
