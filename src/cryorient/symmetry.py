@@ -124,9 +124,11 @@ def point_group(name: str) -> PointGroup:
 
 def symmetric_distance(r1: torch.Tensor, r2: torch.Tensor, group: PointGroup) -> torch.Tensor:
     """The geodesic distance between orientations ``r1`` and ``r2`` ``(..., 3, 3)`` modulo the
-    group: ``min_S angle(r1^T S r2)``."""
-    from .so3 import rotmat_angle
+    group: ``min_S angle(r1^T S r2)`` (the plain distance for C1)."""
+    from .so3 import rotmat_angle, rotmat_distance
 
+    if group.order == 1:
+        return rotmat_distance(r1, r2)
     ops = group.ops(r1.dtype, r1.device)
     m = r1.transpose(-1, -2)[..., None, :, :] @ ops @ r2[..., None, :, :]
     return rotmat_angle(m).min(dim=-1).values

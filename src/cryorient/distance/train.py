@@ -49,7 +49,6 @@ from .. import plots
 from ..config import ModelConfig, TrainConfig
 from ..errors import CryorientError
 from ..io import load_checkpoint, save_checkpoint
-from ..so3 import rotmat_distance
 from ..symmetry import point_group, symmetric_distance
 from .data import ImagingModel, ReferenceSampler
 from .model import SiameseDistance, count_parameters
@@ -97,10 +96,8 @@ def batch_loss(model, inputs: torch.Tensor, rot: torch.Tensor, designed: torch.T
     d_designed = net.distance(emb[first], emb[first + (m - half)])
     i, j = torch.triu_indices(m, m, offset=1, device=emb.device)
     group = point_group(cfg.symmetry)
-    if group.order == 1:
-        true = rotmat_distance(rot[i], rot[j])
-    else:  # distances modulo the group; the designed pairs' too (designed in SO(3))
-        true = symmetric_distance(rot[i], rot[j], group)
+    true = symmetric_distance(rot[i], rot[j], group)
+    if group.order > 1:  # the designed pairs were designed in SO(3): their distances modulo the group
         designed = symmetric_distance(rot[first], rot[first + (m - half)], group)
     return f(d_designed - designed) + f(net.distance(emb[i], emb[j]) - true)
 
@@ -114,10 +111,6 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     fraction within 15 degrees); ``val_loss`` (the mean pose error, or the pair MAE) drives the
     schedule. With a point group, every orientation error and distance is modulo the group."""
     group = point_group(symmetry)
-
-    def apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # orientations (..., 3, 3)
-        return rotmat_distance(a, b) if group.order == 1 else symmetric_distance(a, b, group)
-
     was_training = model.training
     model.eval()
     if model.config.hypotheses > 1:  # one pass: the best-scored hypothesis is the embedding
@@ -132,8 +125,8 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     if group.order == 1 or model.config.head != "rotation":  # the cosine head learned distances modulo G
         pred = model.distance(emb[i], emb[j])
     else:
-        pred = apart(emb[i].view(-1, 3, 3), emb[j].view(-1, 3, 3))
-    true = apart(rot[i], rot[j])
+        pred = symmetric_distance(emb[i].view(-1, 3, 3), emb[j].view(-1, 3, 3), group)
+    true = symmetric_distance(rot[i], rot[j], group)
     err = (pred - true).abs()
     out = {"val_mae": float(err.mean()), "val_rmse": float((err**2).mean().sqrt())}
     for cut in (0.5, 1.0):
@@ -149,9 +142,9 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
     nn_true = dm_true.topk(5, largest=False).indices
     out["val_knn5_overlap"] = float((nn_pred[:, :, None] == nn_true[:, None, :]).any(-1).float().mean())
     if objective == "pose":
-        pose_err = apart(emb.view(-1, 3, 3), rot)
+        pose_err = symmetric_distance(emb.view(-1, 3, 3), rot, group)
         if hyp is not None:  # the nearest of the K hypotheses (what a local search can reach)
-            nearest = apart(hyp, rot[:, None]).min(1).values
+            nearest = symmetric_distance(hyp, rot[:, None], group).min(1).values
             out["val_nearest_median_deg"] = float(torch.rad2deg(nearest.median()))
         out["val_median_deg"] = float(torch.rad2deg(pose_err.median()))
         out["val_within_15deg"] = float((pose_err < math.radians(15)).float().mean())
@@ -471,12 +464,9 @@ def write_training_figures(model: SiameseDistance, history: list[dict], val: Bat
     rot = val[1].cpu()
     i, j = torch.triu_indices(emb.shape[0], emb.shape[0], offset=1)
     rotation = model.config.head == "rotation" and emb.shape[1] == 9
-    if group.order == 1:
-        pred, true = model.distance(emb[i], emb[j]).numpy(), rotmat_distance(rot[i], rot[j]).numpy()
-    else:
-        pred = (symmetric_distance(emb[i].view(-1, 3, 3), emb[j].view(-1, 3, 3), group) if rotation
-                else model.distance(emb[i], emb[j])).numpy()
-        true = symmetric_distance(rot[i], rot[j], group).numpy()
+    pred = (symmetric_distance(emb[i].view(-1, 3, 3), emb[j].view(-1, 3, 3), group) if rotation and group.order > 1
+            else model.distance(emb[i], emb[j])).numpy()  # the cosine head learned distances modulo G
+    true = symmetric_distance(rot[i], rot[j], group).numpy()
     plots.hist2d(true, pred, figs / "predicted_vs_true.png", "true distance (rad)",
                  "predicted distance (rad)", title="Validation pairs")
     bins = np.linspace(0, np.pi, 13)
@@ -489,8 +479,7 @@ def write_training_figures(model: SiameseDistance, history: list[dict], val: Bat
                  figs / "error_by_distance.png", "true distance (rad)", "error (rad)",
                  title="Distance error by distance bin", hlines=[(0.0, "")])
     if rotation:
-        pose = np.rad2deg((rotmat_distance(emb.view(-1, 3, 3), rot) if group.order == 1
-                           else symmetric_distance(emb.view(-1, 3, 3), rot, group)).numpy())
+        pose = np.rad2deg(symmetric_distance(emb.view(-1, 3, 3), rot, group).numpy())
         med = float(np.median(pose))
         plots.histogram([("validation images", pose)], figs / "pose_error.png",
                         "predicted vs true orientation (degrees)", title="Validation orientation error",
