@@ -295,6 +295,11 @@ def reference_for(tmp: Path, name: str, kind: str) -> Path:
     return out
 
 
+def pseudo_group(name: str) -> str:
+    """The pseudo-symmetry a C1 result is also judged modulo (1a28's two chains), else C1."""
+    return STRUCTURES[name].get("sym", "C1") if name == "1a28" else "C1"
+
+
 def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry: str = "C1",
                    relax: bool = False, start: str = "reference", hypotheses: int = DEFAULT_HYPOTHESES,
                    converged: float = RefineConfig().converged_deg) -> dict:
@@ -314,7 +319,7 @@ def cryorient_case(tmp: Path, name: str, kind: str, n: int, poses: str, symmetry
                                       lowpass=lowpass, poses=poses, work=work, noise=kind == "noise",
                                       symmetry=symmetry, relax=relax, start=start, hypotheses=hypotheses,
                                       converged=converged,
-                                      pseudo=STRUCTURES[name].get("sym", "C1") if name == "1a28" else "C1",
+                                      pseudo=pseudo_group(name),
                                       initial=sim / ("abinitio_noise.mrc" if kind == "noise" else "abinitio.mrc")))
     label = (f"cryorient ({poses}" + (f", {symmetry}" if symmetry != "C1" else "") + (", relaxed" if relax else "")
              + (", from the particles" if start == "particles" else "")
@@ -330,6 +335,7 @@ from cryorient.density import load_reference
 from cryorient.evaluation import evaluate_poses, truth_of
 from cryorient.particles import read_particles
 from cryorient.reconstruct.run import reconstruct
+from cryorient.so3 import rotmat_distance
 from cryorient.symmetry import nearest_mates, point_group
 truth = truth_of(read_particles("{sim}/particles.star"))
 data = read_particles("{data_star}")
@@ -346,17 +352,23 @@ res = None
 for line in open("{model_star}"):
     if line.startswith("_rlnCurrentResolution"):
         res = float(line.split()[1])
-print(json.dumps({{"median_deg": round(ev.median_deg, 2), "hand": ev.metrics()["hand"],
-                  "map_offset_A": round(ev.map_offset_angstrom, 2),
-                  "vs_truth_A": round(mine.resolution_reference.angstrom, 2), "resolution_A": res}}))
+out = {{"median_deg": round(ev.median_deg, 2), "hand": ev.metrics()["hand"],
+       "map_offset_A": round(ev.map_offset_angstrom, 2),
+       "vs_truth_A": round(mine.resolution_reference.angstrom, 2), "resolution_A": res}}
+if group.order == 1 and "{pseudo}" != "C1":  # judged in C1: how many sit at a pseudo-mate
+    mates = nearest_mates(data.rotations(), truth.rotations, point_group("{pseudo}"))
+    moved = rotmat_distance(mates, data.rotations()) > 1e-3  # the truth is nearer another mate
+    out.update(median_modulo_pseudo_deg=round(evaluate_poses(mates, None, truth, data.pixel_size).median_deg, 2),
+               share_at_pseudo_mate=round(float(moved.float().mean()), 3))
+print(json.dumps(out))
 """
 
 
-def judge_relion(sim: Path, data_star: Path, model_star: Path, symmetry: str) -> dict:
+def judge_relion(sim: Path, data_star: Path, model_star: Path, symmetry: str, pseudo: str = "C1") -> dict:
     """RELION's poses (``run[_itNNN]_data.star``) judged as cryorient's are; its resolution from the
     model STAR (a half's ``run_itNNN_half1_model.star`` for an iteration of an unfinished run)."""
-    return run_isolated(RELION_JUDGE.format(sim=sim, data_star=data_star, model_star=model_star, symmetry=symmetry),
-                        usage=False)
+    return run_isolated(RELION_JUDGE.format(sim=sim, data_star=data_star, model_star=model_star, symmetry=symmetry,
+                                            pseudo=pseudo), usage=False)
 
 
 def relion_inputs(sim: Path, work: Path, box: int = 64) -> None:
@@ -433,7 +445,7 @@ def relion_case(tmp: Path, name: str, n: int, kind: str = "exact", symmetry: str
         data, model = done[-1], out / done[-1].name.replace("_data.star", "_half1_model.star")
     else:
         data, model = out / "run_data.star", out / "run_model.star"
-    judged = judge_relion(sim, data, model, symmetry)
+    judged = judge_relion(sim, data, model, symmetry, pseudo_group(name))
     return {"structure": name, "reference": kind,
             "method": f"RELION 3.1 auto-refine ({symmetry})" + (f", stopped at {minutes:g} min" if stopped else ""),
             "seconds": sum(seg["seconds"] for seg in segments), "cpu_seconds_all_ranks": round(cpu_s),
@@ -524,6 +536,8 @@ def main() -> None:
     ap.add_argument("--judge-relion", nargs=2, metavar=("STACK_DIR", "DATA_STAR"), default=None,
                     help="judge one iteration of a (stopped) RELION run: the stack's directory and its "
                          "run_itNNN_data.star (the half1 model STAR beside it gives the resolution)")
+    ap.add_argument("--judge-pseudo", default="C1",
+                    help="with --judge-relion: also judge modulo this pseudo-symmetry (1a28: C2)")
     ap.add_argument("--c1-too", action="store_true", help="symmetric structures: also refine them in C1")
     args = ap.parse_args()
     global BOX
@@ -533,7 +547,7 @@ def main() -> None:
         model = data.with_name(data.name.replace("_data.star", "_half1_model.star"))
         if not model.is_file():  # a finished run: run_data.star beside run_model.star
             model = data.with_name(data.name.replace("_data.star", "_model.star"))
-        print(judge_relion(sim, data, model, "C1"))
+        print(judge_relion(sim, data, model, "C1", args.judge_pseudo))
         return
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-refine-"))
     tmp.mkdir(parents=True, exist_ok=True)
