@@ -293,6 +293,9 @@ print(json.dumps({{}}))
     return moved
 
 
+START_MINUTES = 5.0  # the fine-tuning cases' start model's budget
+
+
 def finetune(tmp: Path, lrs: list[float | None], changes: list[str], scratch: bool = False) -> list[dict]:
     """Each change fine-tuned from the 5-minute model for 1 minute; with ``scratch`` also a model
     trained from scratch on the changed reference for the same 5 minutes as the start model (how
@@ -304,7 +307,7 @@ def finetune(tmp: Path, lrs: list[float | None], changes: list[str], scratch: bo
     base = tmp / "demo_new" / "model.pt"
     if not base.is_file():
         run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference="3kpr_single", chains=None, model={},
-                                      minutes=5, train={}, out=tmp / "demo_new", init=None))
+                                      minutes=START_MINUTES, train={}, out=tmp / "demo_new", init=None))
     target = json.loads(Path(tmp / "demo_new" / "metrics.jsonl").read_text().splitlines()[-1])["val_mae"]
     moved = moved_domain(tmp, 10.0)
     rows = []
@@ -319,23 +322,19 @@ def finetune(tmp: Path, lrs: list[float | None], changes: list[str], scratch: bo
                 "density)\nimaging", f"density), stack.pixel_size, {lowpass})\nimaging")
         return run_isolated(code)
 
-    def seconds_to(r, mae) -> int | None:
-        back = [t for t, (_, m) in zip(r["elapsed"], r["history"]) if m <= mae]
-        return round(back[0]) if back else None
+    def add_row(name, label, r) -> None:
+        back = [t for t, (_, m) in zip(r["elapsed"], r["history"]) if m <= target * 1.02]
+        rows.append({"change": name, "lr": label, "trained_val_mae": round(target, 3),
+                     "epochs": len(r["history"]), "first_epoch_val_mae": r["history"][0][1],
+                     "final_val_mae": round(r["val_mae"], 3), "seconds_back": round(back[0]) if back else None})
+        print(rows[-1], flush=True)
 
     for (name, reference, lowpass), lr in ((cases[c], lr) for c in changes for lr in lrs):
         train = {"curriculum_epochs": 1, **({"lr": lr} if lr is not None else {})}
-        r = train_on(reference, lowpass, 1.0, train, tmp / f"ft_{len(rows)}", f"'{base}'")
-        rows.append({"change": name, "lr": lr or "default", "trained_val_mae": round(target, 3),
-                     "epochs": len(r["history"]), "first_epoch_val_mae": r["history"][0][1],
-                     "final_val_mae": round(r["val_mae"], 3), "seconds_back": seconds_to(r, target * 1.02)})
-        print(rows[-1], flush=True)
+        add_row(name, lr or "default", train_on(reference, lowpass, 1.0, train, tmp / f"ft_{len(rows)}", f"'{base}'"))
     for name, reference, lowpass in (cases[c] for c in changes if scratch):
-        r = train_on(reference, lowpass, 5, {}, tmp / f"scratch_{name.split()[0]}", None)
-        rows.append({"change": name, "lr": "from scratch, 5 min", "trained_val_mae": round(target, 3),
-                     "epochs": len(r["history"]), "first_epoch_val_mae": r["history"][0][1],
-                     "final_val_mae": round(r["val_mae"], 3), "seconds_back": seconds_to(r, target * 1.02)})
-        print(rows[-1], flush=True)
+        add_row(name, f"from scratch, {START_MINUTES:g} min",
+                train_on(reference, lowpass, START_MINUTES, {}, tmp / f"scratch_{name.split()[0]}", None))
     return rows
 
 
