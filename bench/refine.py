@@ -181,7 +181,7 @@ from cryorient.config import RefineConfig, ReconstructConfig
 from cryorient.density import load_reference
 from cryorient.distance.data import imaging_from_stack
 from cryorient.distance.proposer import NetworkProposer
-from cryorient.evaluation import evaluate, evaluate_poses
+from cryorient.evaluation import evaluate, evaluate_poses, modulo_pseudo_symmetry
 from cryorient.reconstruct.run import reconstruct
 from cryorient.refine.loop import refine
 from cryorient.volumes import shell_frequencies
@@ -190,7 +190,6 @@ reference = load_reference("{reference}", blind.box, px)
 cfg = RefineConfig(initial_lowpass={lowpass}, poses="{poses}", symmetry="{symmetry}", relax_symmetry={relax},
                    converged_deg={converged})
 from cryorient.symmetry import nearest_mates, point_group
-from cryorient.so3 import rotmat_distance
 judge_group = point_group("C1" if cfg.relax_symmetry else cfg.symmetry)
 t = time.perf_counter()
 start, extra = None, {{}}
@@ -252,11 +251,8 @@ if not {noise}:
     ideal = reconstruct(blind.with_orientations(truth.rotations, truth.origins_angstrom), truth.rotations, one,
                         truth_map)
     if judge_group.order == 1 and "{pseudo}" != "C1":  # judged in C1: how many sit at a pseudo-mate
-        pseudo = point_group("{pseudo}")
-        mates = nearest_mates(result.rotations, truth.rotations, pseudo)
-        moved = rotmat_distance(mates, result.rotations) > 1e-3  # the truth is nearer another mate
-        out.update(median_modulo_pseudo_deg=round(evaluate_poses(mates, None, truth, px).median_deg, 2),
-                   share_at_pseudo_mate=round(float(moved.float().mean()), 3))
+        med, share = modulo_pseudo_symmetry(result.rotations, truth.rotations, point_group("{pseudo}"))
+        out.update(median_modulo_pseudo_deg=round(med, 2), share_at_pseudo_mate=round(share, 3))
     per_half = []  # each half on its own (its own alignment to the truth): one can hold a mixture
     for idx in blind.half_sets():
         t_idx = torch.as_tensor(idx)
@@ -332,10 +328,9 @@ RELION_JUDGE = """
 import json, numpy
 from cryorient.config import ReconstructConfig
 from cryorient.density import load_reference
-from cryorient.evaluation import evaluate_poses, truth_of
+from cryorient.evaluation import evaluate_poses, modulo_pseudo_symmetry, truth_of
 from cryorient.particles import read_particles
 from cryorient.reconstruct.run import reconstruct
-from cryorient.so3 import rotmat_distance
 from cryorient.symmetry import nearest_mates, point_group
 truth = truth_of(read_particles("{sim}/particles.star"))
 data = read_particles("{data_star}")
@@ -356,10 +351,8 @@ out = {{"median_deg": round(ev.median_deg, 2), "hand": ev.metrics()["hand"],
        "map_offset_A": round(ev.map_offset_angstrom, 2),
        "vs_truth_A": round(mine.resolution_reference.angstrom, 2), "resolution_A": res}}
 if group.order == 1 and "{pseudo}" != "C1":  # judged in C1: how many sit at a pseudo-mate
-    mates = nearest_mates(data.rotations(), truth.rotations, point_group("{pseudo}"))
-    moved = rotmat_distance(mates, data.rotations()) > 1e-3  # the truth is nearer another mate
-    out.update(median_modulo_pseudo_deg=round(evaluate_poses(mates, None, truth, data.pixel_size).median_deg, 2),
-               share_at_pseudo_mate=round(float(moved.float().mean()), 3))
+    med, share = modulo_pseudo_symmetry(data.rotations(), truth.rotations, point_group("{pseudo}"))
+    out.update(median_modulo_pseudo_deg=round(med, 2), share_at_pseudo_mate=round(share, 3))
 print(json.dumps(out))
 """
 

@@ -202,6 +202,27 @@ def test_evaluation_modulo_the_group_finds_the_frame_through_mixed_mates():
     assert errors["D2"] < 1e-4 and errors["C1"] > 30, errors  # measured 3e-5 and 117 deg
 
 
+def test_judging_modulo_a_pseudo_symmetry_counts_the_particles_at_a_mate():
+    """A C1 result with a third of its poses at the twofold mate of the truth (plus 1 deg of
+    noise): modulo C2 the median error is the noise and the share at the mate is that third;
+    judged in C1 the median stays small but those poses are 180 deg off."""
+    from roma import rotvec_to_rotmat
+
+    from cryorient.evaluation import evaluate, modulo_pseudo_symmetry
+
+    group = point_group("C2")
+    g = torch.Generator().manual_seed(5)
+    truth = so3.sample_rotations(300, g, dtype=torch.float64)
+    at_mate = torch.arange(300) % 3 == 0
+    axes = torch.nn.functional.normalize(torch.randn(300, 3, generator=g, dtype=torch.float64), dim=1)
+    noise = rotvec_to_rotmat(axes * math.radians(1.0))
+    est = noise @ group.operators.to(torch.float64)[at_mate.long()] @ truth
+    median, share = modulo_pseudo_symmetry(est, truth, group)
+    c1 = evaluate(est, truth).errors["rotation"]
+    assert median < 1.5 and abs(share - 1 / 3) < 1e-6, (median, share)  # measured 0.99 deg, 1/3
+    assert float(c1[at_mate].min()) > math.radians(170), c1[at_mate].min()
+
+
 def test_model_distances_and_neighbours_are_modulo_the_group():
     """The rotation head's distances (and nearest neighbours) between pose estimates are taken
     between their nearest symmetry mates."""

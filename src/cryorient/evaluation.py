@@ -219,6 +219,20 @@ def evaluate(estimated: torch.Tensor, reference: torch.Tensor, operators: torch.
     return Evaluation(al, aligned, angular_errors(aligned, reference), o4, transposed)
 
 
+def modulo_pseudo_symmetry(estimated: torch.Tensor, reference: torch.Tensor, group) -> tuple[float, float]:
+    """A result judged in C1 also judged modulo a pseudo-symmetry ``group`` (a
+    :class:`~cryorient.symmetry.PointGroup`; a homodimer's near-twofold, say): the median
+    rotation error (degrees, physical alignment) of each estimate's mate nearest the reference,
+    and the share of estimates for which that mate is not the estimate itself (the particles
+    that sit at a pseudo-mate)."""
+    from .symmetry import nearest_mates
+
+    mates = nearest_mates(estimated, reference, group)
+    at_mate = rotmat_distance(mates, estimated) > 1e-3
+    median = float(np.rad2deg(evaluate(mates, reference).errors["rotation"].median().item()))
+    return median, float(at_mate.float().mean())
+
+
 @dataclass(frozen=True)
 class Truth:
     """The true poses of a stack (its STAR's angles and origins), for evaluation."""
