@@ -73,18 +73,28 @@ from cryorient.particles import read_particles
 stack = read_particles("{star}").blind()
 density = DensityConfig(box=64, pixel_size=stack.pixel_size, chains={chains})
 volume = load_volume("{reference}", density)
+if {lowpass}:  # the reference low-passed (Å)
+    from cryorient.volumes import lowpass_to_resolution
+    volume = lowpass_to_resolution(volume, stack.pixel_size, {lowpass})
 imaging = imaging_from_stack(stack, volume, density.resolved_resolution())
 size, px = default_input(64, stack.pixel_size, 32)
 model = ModelConfig(input_size=size, input_pixel_size=px, phase_flip=stack.ctf() is not None, **{model})
 cfg = TrainConfig(minutes={minutes}, model=model, **{train})
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
 t = time.perf_counter()
-r = train_on_reference(volume, imaging, cfg, out, init={init})
+r = train_on_reference(volume, imaging, cfg, out, init={init}, resume={resume})
 print(json.dumps({{"seconds": round(time.perf_counter() - t, 1), "epochs": r.epochs, "stopped_by": r.stopped_by,
                   "val_mae": r.final["val_mae"], "val_median_deg": r.final["val_median_deg"],
                   "history": [(h["epoch"], h["val_mae"]) for h in r.history],
                   "elapsed": [sum(x["seconds"] for x in r.history[:k + 1]) for k in range(len(r.history))]}}))
 """
+
+
+def new_train(*, init: str | None = None, resume: bool = False, lowpass: float | None = None, **fields) -> str:
+    """NEW_TRAIN's code: from scratch unless ``init`` (a quoted model path), continuing its
+    checkpoint with ``resume``, on the reference low-passed to ``lowpass`` Å if given."""
+    return NEW_TRAIN.format(init=init, resume=resume, lowpass=lowpass, **fields)
+
 
 POSES = """
 import json, math, torch
@@ -187,9 +197,9 @@ def demo(tmp: Path, minutes: float, hypotheses: int = DEFAULT_HYPOTHESES) -> lis
     run_isolated(SIMULATE.format(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
                                  noise=None, ctf=True))
     rows = []
-    new = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference="3kpr_single", chains=None,
-                                        model={"hypotheses": hypotheses},
-                                        minutes=minutes, train={}, out=tmp / "demo_new", init=None))
+    new = run_isolated(new_train(star=sim / "particles.star", reference="3kpr_single", chains=None,
+                                 model={"hypotheses": hypotheses},
+                                 minutes=minutes, train={}, out=tmp / "demo_new"))
     kept = ("seconds", "epochs", "val_mae", "val_median_deg", "peak_rss_gib")
     rows.append({"code": "this commit", "hypotheses": hypotheses, **{k: new[k] for k in kept}})
     reached = [t for t, (_, mae) in zip(new["elapsed"], new["history"]) if mae <= 0.21]
@@ -228,9 +238,9 @@ def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tupl
                 sim = tmp / name
                 run_isolated(SIMULATE.format(out=sim, structure=structure, px=1.5, chains=chains, n=2000,
                                              snr="1/16", noise=None, ctf=ctf))
-                tr = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference=structure, chains=chains,
-                                                   model={"hypotheses": hypotheses}, minutes=minutes, train={},
-                                                   out=sim / "train", init=None))
+                tr = run_isolated(new_train(star=sim / "particles.star", reference=structure, chains=chains,
+                                            model={"hypotheses": hypotheses}, minutes=minutes, train={},
+                                            out=sim / "train"))
             poses = run_isolated(POSES.format(star=sim / "particles.star", reference=structure, chains=chains,
                                               radius=radius, turns=turns, model=sim / "train" / "model.pt"))
             rows.append({"protein": f"{structure} ({size})", "ctf": ctf, "train_min": round(tr["seconds"] / 60, 1),
@@ -271,9 +281,9 @@ def symmetric(tmp: Path, minutes: float, group: str = "C4") -> list[dict]:
     rows = []
     for loss_group, k in (("C1", 1), ("C1", 4), (group, 1), (group, 4)):
         out = sim / f"train_{loss_group}_k{k}"
-        tr = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference=structure, chains=None,
-                                           model={"hypotheses": k}, minutes=minutes,
-                                           train={"symmetry": loss_group}, out=out, init=None))
+        tr = run_isolated(new_train(star=sim / "particles.star", reference=structure, chains=None,
+                                    model={"hypotheses": k}, minutes=minutes,
+                                    train={"symmetry": loss_group}, out=out))
         poses = run_isolated(SYMMETRIC_POSES.format(star=sim / "particles.star", model=out / "model.pt", group=group))
         rows.append({"particle": f"{group} oligomer of 3q4oA", "pose_loss": loss_group, "hypotheses": k,
                      "train_min": round(tr["seconds"] / 60, 1), "epochs": tr["epochs"], **poses})
@@ -306,21 +316,16 @@ def finetune(tmp: Path, lrs: list[float | None], changes: list[str], scratch: bo
                                      noise=None, ctf=True))
     base = tmp / "demo_new" / "model.pt"
     if not base.is_file():
-        run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference="3kpr_single", chains=None, model={},
-                                      minutes=START_MINUTES, train={}, out=tmp / "demo_new", init=None))
+        run_isolated(new_train(star=sim / "particles.star", reference="3kpr_single", chains=None, model={},
+                               minutes=START_MINUTES, train={}, out=tmp / "demo_new"))
     target = json.loads(Path(tmp / "demo_new" / "metrics.jsonl").read_text().splitlines()[-1])["val_mae"]
     moved = moved_domain(tmp, 10.0)
     rows = []
     cases = {"lowpass15": ("low-passed to 15 Å", "3kpr_single", 15.0), "moved10": ("domain moved 10°", moved, None)}
 
     def train_on(reference, lowpass, minutes, train, out, init) -> dict:
-        code = NEW_TRAIN.format(star=sim / "particles.star", reference=reference, chains=None, model={},
-                                minutes=minutes, train=train, out=out, init=init)
-        if lowpass:
-            code = code.replace("volume = load_volume(", "from cryorient.volumes import lowpass_to_resolution\n"
-                                "volume = lowpass_to_resolution(load_volume(").replace(
-                "density)\nimaging", f"density), stack.pixel_size, {lowpass})\nimaging")
-        return run_isolated(code)
+        return run_isolated(new_train(star=sim / "particles.star", reference=reference, chains=None, model={},
+                                      minutes=minutes, train=train, out=out, init=init, lowpass=lowpass))
 
     def add_row(name, label, r) -> None:
         back = [t for t, (_, m) in zip(r["elapsed"], r["history"]) if m <= target * 1.02]
@@ -375,9 +380,9 @@ def augment(tmp: Path, minutes: float = 3.0) -> list[dict]:
                                         for a in ("none (default)", "all (the default before)")]
     for k, (reference, sim, evals, aug) in enumerate(cases):
         out = tmp / f"aug_train_{k}"
-        tr = run_isolated(NEW_TRAIN.format(star=sims[sim] / "particles.star", reference=reference, chains=None,
-                                           model={}, minutes=minutes, out=out, init=None,
-                                           train="{'augmentation': " + AUGMENTATIONS[aug] + "}"))
+        tr = run_isolated(new_train(star=sims[sim] / "particles.star", reference=reference, chains=None,
+                                    model={}, minutes=minutes, out=out,
+                                    train="{'augmentation': " + AUGMENTATIONS[aug] + "}"))
         stars = [(name, str(sims[s] / "particles.star")) for name, s in evals]
         poses = run_isolated(NETWORK_POSES.format(model=out / "model.pt", stars=stars), usage=False)
         rows.append({"reference": reference, "augmentation": aug, "epochs": tr["epochs"],
@@ -426,11 +431,10 @@ def seed(tmp: Path, seed_map: Path, minutes: float, cases: list[str]) -> list[di
             tr = json.loads(trained.read_text())
         else:
             resume = (sim / "train" / "checkpoint.pt").is_file()
-            tr = run_isolated(NEW_TRAIN.format(star=sim / "particles.star", reference=seed_map, chains=None,
-                                               model={"encoder": "seed", "head": "cosine"}, minutes=minutes,
-                                               train={"objective": "pairs", "loss": "l1", "max_epochs": 1000},
-                                               out=sim / "train",
-                                               init=None).replace("init=None)", f"init=None, resume={resume})"))
+            tr = run_isolated(new_train(star=sim / "particles.star", reference=seed_map, chains=None,
+                                        model={"encoder": "seed", "head": "cosine"}, minutes=minutes,
+                                        train={"objective": "pairs", "loss": "l1", "max_epochs": 1000},
+                                        out=sim / "train", resume=resume))
             trained.write_text(json.dumps(tr))
         rec = run_isolated(SEED_RECOVER.format(star=sim / "particles.star", model=sim / "train" / "model.pt"))
         rows.append({"case": f"5j0n {name}", "train_min": round(tr["elapsed"][-1] / 60, 1), "epochs": tr["epochs"],
