@@ -55,11 +55,16 @@ from pathlib import Path
 from cryorient.config import DensityConfig, SimulationConfig
 from cryorient.simulate.run import run_simulation
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
-r = run_simulation("{structure}", DensityConfig(box=64, pixel_size={px}, chains={chains}),
+r = run_simulation("{structure}", DensityConfig(box=64, pixel_size={px}, chains={chains}, resolution={resolution}),
                    SimulationConfig(n_particles={n}, snr={snr}, noise_variance={noise}, max_shift_px=4.0, ctf={ctf}),
                    out, torch.Generator().manual_seed(3))
 print(json.dumps({{"snr": r.truth.measured_snr}}))
 """
+
+
+def simulate(*, resolution: float | None = None, **fields) -> str:
+    """SIMULATE's code; the map rendered at ``resolution`` Å (DensityConfig's default if None)."""
+    return SIMULATE.format(resolution=resolution, **fields)
 
 NEW_TRAIN = """
 import json, time, torch
@@ -194,8 +199,8 @@ def old_train(tmp: Path, star: Path, minutes: float) -> dict:
 
 def demo(tmp: Path, minutes: float, hypotheses: int = DEFAULT_HYPOTHESES) -> list[dict]:
     sim = tmp / "demo_sim"
-    run_isolated(SIMULATE.format(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
-                                 noise=None, ctf=True))
+    run_isolated(simulate(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
+                          noise=None, ctf=True))
     rows = []
     new = run_isolated(new_train(star=sim / "particles.star", reference="3kpr_single", chains=None,
                                  model={"hypotheses": hypotheses},
@@ -236,8 +241,8 @@ def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tupl
                 tr = trained_before(sim / "train")
             else:
                 sim = tmp / name
-                run_isolated(SIMULATE.format(out=sim, structure=structure, px=1.5, chains=chains, n=2000,
-                                             snr="1/16", noise=None, ctf=ctf))
+                run_isolated(simulate(out=sim, structure=structure, px=1.5, chains=chains, n=2000,
+                                      snr="1/16", noise=None, ctf=ctf))
                 tr = run_isolated(new_train(star=sim / "particles.star", reference=structure, chains=chains,
                                             model={"hypotheses": hypotheses}, minutes=minutes, train={},
                                             out=sim / "train"))
@@ -276,8 +281,8 @@ def symmetric(tmp: Path, minutes: float, group: str = "C4") -> list[dict]:
     structure = structure_path(tmp, group)  # built as bench/refine.py builds its oligomers
     sim = tmp / f"{group}_ctf"
     if not (sim / "particles.star").is_file():
-        run_isolated(SIMULATE.format(out=sim, structure=structure, px=2.0, chains=None, n=2000, snr="1/16",
-                                     noise=None, ctf=True))
+        run_isolated(simulate(out=sim, structure=structure, px=2.0, chains=None, n=2000, snr="1/16",
+                              noise=None, ctf=True))
     rows = []
     for loss_group, k in (("C1", 1), ("C1", 4), (group, 1), (group, 4)):
         out = sim / f"train_{loss_group}_k{k}"
@@ -312,8 +317,8 @@ def finetune(tmp: Path, lrs: list[float | None], changes: list[str], scratch: bo
     low the changed reference's validation MAE gets with the start model's budget)."""
     sim = tmp / "demo_sim"
     if not (sim / "particles.star").is_file():
-        run_isolated(SIMULATE.format(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
-                                     noise=None, ctf=True))
+        run_isolated(simulate(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
+                              noise=None, ctf=True))
     base = tmp / "demo_new" / "model.pt"
     if not base.is_file():
         run_isolated(new_train(star=sim / "particles.star", reference="3kpr_single", chains=None, model={},
@@ -372,8 +377,8 @@ def augment(tmp: Path, minutes: float = 3.0) -> list[dict]:
                                 ("1ake", "1ake_adk_closed", 1.5)):
         sims[name] = tmp / f"aug_sim_{name}"
         if not (sims[name] / "particles.star").is_file():
-            run_isolated(SIMULATE.format(out=sims[name], structure=structure, px=px, chains=None, n=2000,
-                                         snr="1/16", noise=None, ctf=True))
+            run_isolated(simulate(out=sims[name], structure=structure, px=px, chains=None, n=2000,
+                                  snr="1/16", noise=None, ctf=True))
     rows = []
     cases = [("3kpr_single", "demo", [("exact", "demo"), ("domain moved 15°", "moved15")], a)
              for a in AUGMENTATIONS] + [("1ake_adk_closed", "1ake", [("exact", "1ake")], a)
@@ -422,10 +427,8 @@ def seed(tmp: Path, seed_map: Path, minutes: float, cases: list[str]) -> list[di
             continue
         sim = tmp / f"seed_{name}"
         if not (sim / "particles.star").is_file():
-            run_isolated(SIMULATE.format(out=sim, structure=seed_map, px=3.6667, chains=None, n=5000,
-                                         snr="float('inf')", noise=noise, ctf=False).replace(
-                "DensityConfig(box=64, pixel_size=3.6667, chains=None)",
-                "DensityConfig(box=64, pixel_size=3.6667, resolution=7.4)"))
+            run_isolated(simulate(out=sim, structure=seed_map, px=3.6667, chains=None, n=5000,
+                                  snr="float('inf')", noise=noise, ctf=False, resolution=7.4))
         trained = sim / "train_result.json"
         if trained.is_file():
             tr = json.loads(trained.read_text())
