@@ -66,6 +66,7 @@ def simulate(*, resolution: float | None = None, **fields) -> str:
     """SIMULATE's code; the map rendered at ``resolution`` Å (DensityConfig's default if None)."""
     return SIMULATE.format(resolution=resolution, **fields)
 
+
 NEW_TRAIN = """
 import json, time, torch
 from pathlib import Path

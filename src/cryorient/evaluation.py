@@ -23,6 +23,7 @@ from roma import rotvec_to_rotmat
 
 from .conventions import hand_matrix
 from .so3 import project_to_so3, rotmat_angle, rotmat_distance
+from .symmetry import PointGroup, nearest_mates
 
 
 @dataclass(frozen=True)
@@ -219,14 +220,12 @@ def evaluate(estimated: torch.Tensor, reference: torch.Tensor, operators: torch.
     return Evaluation(al, aligned, angular_errors(aligned, reference), o4, transposed)
 
 
-def modulo_pseudo_symmetry(estimated: torch.Tensor, reference: torch.Tensor, group) -> tuple[float, float]:
-    """A result judged in C1 also judged modulo a pseudo-symmetry ``group`` (a
-    :class:`~cryorient.symmetry.PointGroup`; a homodimer's near-twofold, say): the median
-    rotation error (degrees, physical alignment) of each estimate's mate nearest the reference,
-    and the share of estimates for which that mate is not the estimate itself (the particles
-    that sit at a pseudo-mate)."""
-    from .symmetry import nearest_mates
-
+def modulo_pseudo_symmetry(estimated: torch.Tensor, reference: torch.Tensor, group: PointGroup
+                           ) -> tuple[float, float]:
+    """A result judged in C1 also judged modulo a pseudo-symmetry ``group`` (a homodimer's
+    near-twofold, say): the median rotation error (degrees, physical alignment) of each
+    estimate's mate nearest the reference, and the share of estimates for which that mate is
+    not the estimate itself (the particles that sit at a pseudo-mate)."""
     mates = nearest_mates(estimated, reference, group)
     at_mate = rotmat_distance(mates, estimated) > 1e-3
     median = float(np.rad2deg(evaluate(mates, reference).errors["rotation"].median().item()))
