@@ -42,6 +42,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from common import print_table, run_isolated, write_results
 from cryorient.config import DEFAULT_HYPOTHESES
 from refine import structure_path
@@ -88,7 +90,7 @@ model = ModelConfig(input_size=size, input_pixel_size=px, phase_flip=stack.ctf()
 cfg = TrainConfig(minutes={minutes}, model=model, **{train})
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
 t = time.perf_counter()
-r = train_on_reference(volume, imaging, cfg, out, init={init}, resume={resume})
+r = train_on_reference(volume, imaging, cfg, out, init={init}, resume={resume}, seed={seed}, device="{device}")
 print(json.dumps({{"seconds": round(time.perf_counter() - t, 1), "epochs": r.epochs, "stopped_by": r.stopped_by,
                   "val_mae": r.final["val_mae"], "val_median_deg": r.final["val_median_deg"],
                   "history": [(h["epoch"], h["val_mae"]) for h in r.history],
@@ -96,10 +98,12 @@ print(json.dumps({{"seconds": round(time.perf_counter() - t, 1), "epochs": r.epo
 """
 
 
-def new_train(*, init: str | None = None, resume: bool = False, lowpass: float | None = None, **fields) -> str:
+def new_train(*, device: str, init: str | None = None, resume: bool = False, lowpass: float | None = None,
+              seed: int = 0, **fields) -> str:
     """NEW_TRAIN's code: from scratch unless ``init`` (a quoted model path), continuing its
-    checkpoint with ``resume``, on the reference low-passed to ``lowpass`` Å if given."""
-    return NEW_TRAIN.format(init=init, resume=resume, lowpass=lowpass, **fields)
+    checkpoint with ``resume``, on the reference low-passed to ``lowpass`` Å if given, on
+    ``device`` (cpu, cuda)."""
+    return NEW_TRAIN.format(init=init, resume=resume, lowpass=lowpass, seed=seed, device=device, **fields)
 
 
 POSES = """
@@ -198,14 +202,14 @@ def old_train(tmp: Path, star: Path, minutes: float) -> dict:
     return r
 
 
-def demo(tmp: Path, minutes: float, hypotheses: int = DEFAULT_HYPOTHESES) -> list[dict]:
+def demo(tmp: Path, minutes: float, device: str, hypotheses: int = DEFAULT_HYPOTHESES) -> list[dict]:
     sim = tmp / "demo_sim"
     run_isolated(simulate(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
                           noise=None, ctf=True))
     rows = []
     new = run_isolated(new_train(star=sim / "particles.star", reference="3kpr_single", chains=None,
                                  model={"hypotheses": hypotheses},
-                                 minutes=minutes, train={}, out=tmp / "demo_new"))
+                                 minutes=minutes, train={}, out=tmp / "demo_new", device=device))
     kept = ("seconds", "epochs", "val_mae", "val_median_deg", "peak_rss_gib")
     rows.append({"code": "this commit", "hypotheses": hypotheses, **{k: new[k] for k in kept}})
     reached = [t for t, (_, mae) in zip(new["elapsed"], new["history"]) if mae <= 0.21]
@@ -228,7 +232,7 @@ def trained_before(train: Path) -> dict:
             "val_median_deg": rows[-1]["val_median_deg"]}
 
 
-def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tuple[bool, ...],
+def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tuple[bool, ...], device: str,
              radius: float = 30.0, hypotheses: int = DEFAULT_HYPOTHESES, turns: int = 4,
              trained: Path | None = None) -> list[dict]:
     rows = []
@@ -246,7 +250,7 @@ def proteins(tmp: Path, minutes: float, structures: list[str] | None, ctfs: tupl
                                       snr="1/16", noise=None, ctf=ctf))
                 tr = run_isolated(new_train(star=sim / "particles.star", reference=structure, chains=chains,
                                             model={"hypotheses": hypotheses}, minutes=minutes, train={},
-                                            out=sim / "train"))
+                                            out=sim / "train", device=device))
             poses = run_isolated(POSES.format(star=sim / "particles.star", reference=structure, chains=chains,
                                               radius=radius, turns=turns, model=sim / "train" / "model.pt"))
             rows.append({"protein": f"{structure} ({size})", "ctf": ctf, "train_min": round(tr["seconds"] / 60, 1),
@@ -275,7 +279,7 @@ print(json.dumps({{"network_deg": med(best), "within_15deg": round(float((best <
 """
 
 
-def symmetric(tmp: Path, minutes: float, group: str = "C4") -> list[dict]:
+def symmetric(tmp: Path, minutes: float, device: str, group: str = "C4") -> list[dict]:
     """Training on a symmetric particle: the pose loss in C1 (one hypothesis: it regresses between
     the symmetry mates; four: winner-takes-all spreads the hypotheses over them) or modulo the group
     (the nearest mate is the target), judged modulo the group on the stack's particles."""
@@ -289,7 +293,7 @@ def symmetric(tmp: Path, minutes: float, group: str = "C4") -> list[dict]:
         out = sim / f"train_{loss_group}_k{k}"
         tr = run_isolated(new_train(star=sim / "particles.star", reference=structure, chains=None,
                                     model={"hypotheses": k}, minutes=minutes,
-                                    train={"symmetry": loss_group}, out=out))
+                                    train={"symmetry": loss_group}, out=out, device=device))
         poses = run_isolated(SYMMETRIC_POSES.format(star=sim / "particles.star", model=out / "model.pt", group=group))
         rows.append({"particle": f"{group} oligomer of 3q4oA", "pose_loss": loss_group, "hypotheses": k,
                      "train_min": round(tr["seconds"] / 60, 1), "epochs": tr["epochs"], **poses})
@@ -311,11 +315,29 @@ print(json.dumps({{}}))
 
 START_MINUTES = 5.0  # the fine-tuning cases' start model's budget
 
+START_MAE = """
+import json
+from cryorient.config import DensityConfig, TrainConfig
+from cryorient.density import load_volume
+from cryorient.distance.data import imaging_from_stack
+from cryorient.distance.train import evaluate_model, load_model, validation_batch
+from cryorient.particles import read_particles
+stack = read_particles("{star}").blind()
+density = DensityConfig(box=64, pixel_size=stack.pixel_size, chains=None)
+volume = load_volume("3kpr_single", density)
+net = load_model("{model}")
+cfg = TrainConfig(model=net.config)
+val = validation_batch(volume, imaging_from_stack(stack, volume, density.resolved_resolution()), cfg, {seed})
+print(json.dumps(evaluate_model(net, *val, cfg.objective)))
+"""
 
-def finetune(tmp: Path, lrs: list[float | None], changes: list[str], scratch: bool = False) -> list[dict]:
-    """Each change fine-tuned from the 5-minute model for 1 minute; with ``scratch`` also a model
-    trained from scratch on the changed reference for the same 5 minutes as the start model (how
-    low the changed reference's validation MAE gets with the start model's budget)."""
+
+def finetune(tmp: Path, lrs: list[float | None], changes: list[str], device: str, frozen: list[int],
+             seeds: list[int], scratch: bool = False) -> list[dict]:
+    """Each change fine-tuned from the 5-minute model for 1 minute, once per learning rate, number
+    of frozen stages and seed (the seed draws the fine-tuning's images); with ``scratch`` also a
+    model trained from scratch on the changed reference for the same 5 minutes as the start model
+    (how low the changed reference's validation MAE gets with the start model's budget)."""
     sim = tmp / "demo_sim"
     if not (sim / "particles.star").is_file():
         run_isolated(simulate(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
@@ -323,30 +345,53 @@ def finetune(tmp: Path, lrs: list[float | None], changes: list[str], scratch: bo
     base = tmp / "demo_new" / "model.pt"
     if not base.is_file():
         run_isolated(new_train(star=sim / "particles.star", reference="3kpr_single", chains=None, model={},
-                               minutes=START_MINUTES, train={}, out=tmp / "demo_new"))
-    target = json.loads(Path(tmp / "demo_new" / "metrics.jsonl").read_text().splitlines()[-1])["val_mae"]
+                               minutes=START_MINUTES, train={}, out=tmp / "demo_new", device=device))
+    # the start model's validation MAE on the structure it was trained on, with each seed's validation
+    # batch (the fine-tunings with that seed are judged on the same draw); seed 0's is its training's
+    targets = {s: run_isolated(START_MAE.format(star=sim / "particles.star", model=base, seed=s),
+                               usage=False)["val_mae"] for s in {0, *seeds}}
     moved = moved_domain(tmp, 10.0)
     rows = []
     cases = {"lowpass15": ("low-passed to 15 Å", "3kpr_single", 15.0), "moved10": ("domain moved 10°", moved, None)}
 
-    def train_on(reference, lowpass, minutes, train, out, init) -> dict:
+    def train_on(reference, lowpass, minutes, train, out, init, seed=0) -> dict:
         return run_isolated(new_train(star=sim / "particles.star", reference=reference, chains=None, model={},
-                                      minutes=minutes, train=train, out=out, init=init, lowpass=lowpass))
+                                      minutes=minutes, train=train, out=out, init=init, lowpass=lowpass,
+                                      seed=seed, device=device))
 
-    def add_row(name, label, r) -> None:
+    def add_row(name, label, r, target, **extra) -> None:
         back = [t for t, (_, m) in zip(r["elapsed"], r["history"]) if m <= target * 1.02]
-        rows.append({"change": name, "lr": label, "trained_val_mae": round(target, 3),
+        rows.append({"change": name, "lr": label, **extra, "trained_val_mae": round(target, 3),
                      "epochs": len(r["history"]), "first_epoch_val_mae": r["history"][0][1],
                      "final_val_mae": round(r["val_mae"], 3), "seconds_back": round(back[0]) if back else None})
         print(rows[-1], flush=True)
 
-    for (name, reference, lowpass), lr in ((cases[c], lr) for c in changes for lr in lrs):
-        train = {"curriculum_epochs": 1, **({"lr": lr} if lr is not None else {})}
-        add_row(name, lr or "default", train_on(reference, lowpass, 1.0, train, tmp / f"ft_{len(rows)}", f"'{base}'"))
+    variants = [(cases[c], lr, f, s) for c in changes for lr in lrs for f in frozen for s in seeds]
+    for (name, reference, lowpass), lr, f, s in variants:
+        train = {"curriculum_epochs": 1, "frozen_stages": f, **({"lr": lr} if lr is not None else {})}
+        out = tmp / f"ft_{len(rows)}"
+        shutil.rmtree(out, ignore_errors=True)  # a fresh fine-tuning, not the resumption of an earlier one
+        add_row(name, lr or "default", train_on(reference, lowpass, 1.0, train, out, f"'{base}'", s), targets[s],
+                frozen_stages=f, seed=s)
     for name, reference, lowpass in (cases[c] for c in changes if scratch):
         add_row(name, f"from scratch, {START_MINUTES:g} min",
-                train_on(reference, lowpass, START_MINUTES, {}, tmp / f"scratch_{name.split()[0]}", None))
+                train_on(reference, lowpass, START_MINUTES, {}, tmp / f"scratch_{name.split()[0]}", None), targets[0])
     return rows
+
+
+def finetune_summary(rows: list[dict]) -> list[dict]:
+    """The fine-tuning rows per change, learning rate and frozen stages, over the seeds: how many
+    were back at the trained MAE within the minute, the median MAE after it."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "seed" in r:  # not the from-scratch rows
+            groups.setdefault((r["change"], r["lr"], r["frozen_stages"]), []).append(r)
+    return [{"change": change, "lr": lr, "frozen_stages": frozen, "seeds": len(g),
+             "back_within_60s": sum(r["seconds_back"] is not None for r in g),
+             "median_final_val_mae": round(float(np.median([r["final_val_mae"] for r in g])), 3),
+             "median_seconds_back": (float(np.median([r["seconds_back"] for r in g]))
+                                     if all(r["seconds_back"] is not None for r in g) else None)}
+            for (change, lr, frozen), g in groups.items()]
 
 
 NETWORK_POSES = """
@@ -369,7 +414,7 @@ AUGMENTATIONS = {"none (default)": "AugmentationConfig(enabled=False)",
                  "all (the default before)": "AugmentationConfig(enabled=True)"}
 
 
-def augment(tmp: Path, minutes: float = 3.0) -> list[dict]:
+def augment(tmp: Path, device: str, minutes: float = 3.0) -> list[dict]:
     """Training with and without perturbing the reference: the demo setting (exact particles and
     particles with a domain moved by 15 deg) and the small 1ake at 1.5 A/px."""
     moved = moved_domain(tmp, 15.0)
@@ -387,7 +432,7 @@ def augment(tmp: Path, minutes: float = 3.0) -> list[dict]:
     for k, (reference, sim, evals, aug) in enumerate(cases):
         out = tmp / f"aug_train_{k}"
         tr = run_isolated(new_train(star=sims[sim] / "particles.star", reference=reference, chains=None,
-                                    model={}, minutes=minutes, out=out,
+                                    model={}, minutes=minutes, out=out, device=device,
                                     train="{'augmentation': " + AUGMENTATIONS[aug] + "}"))
         stars = [(name, str(sims[s] / "particles.star")) for name, s in evals]
         poses = run_isolated(NETWORK_POSES.format(model=out / "model.pt", stars=stars), usage=False)
@@ -418,7 +463,7 @@ print(json.dumps({{"median_deg": round(math.degrees(float(ev.errors["rotation"].
 SEED_CASES = (("clean", "0.0", 11.4), ("sigma2=16", "16.0", 14.6))
 
 
-def seed(tmp: Path, seed_map: Path, minutes: float, cases: list[str]) -> list[dict]:
+def seed(tmp: Path, seed_map: Path, minutes: float, cases: list[str], device: str) -> list[dict]:
     """Resumable across runs with the same ``--workdir``: the stack is simulated once, training
     continues from its last checkpoint (the budget counts training time only, summed over the
     runs), and a finished training is not repeated."""
@@ -438,7 +483,7 @@ def seed(tmp: Path, seed_map: Path, minutes: float, cases: list[str]) -> list[di
             tr = run_isolated(new_train(star=sim / "particles.star", reference=seed_map, chains=None,
                                         model={"encoder": "seed", "head": "cosine"}, minutes=minutes,
                                         train={"objective": "pairs", "loss": "l1", "max_epochs": 1000},
-                                        out=sim / "train", resume=resume))
+                                        out=sim / "train", resume=resume, device=device))
             trained.write_text(json.dumps(tr))
         rec = run_isolated(SEED_RECOVER.format(star=sim / "particles.star", model=sim / "train" / "model.pt"))
         rows.append({"case": f"5j0n {name}", "train_min": round(tr["elapsed"][-1] / 60, 1), "epochs": tr["epochs"],
@@ -477,6 +522,12 @@ def main() -> None:
                     default=["lowpass15", "moved10"], help="finetune: the reference changes")
     ap.add_argument("--finetune-scratch", action="store_true",
                     help="finetune: also train from scratch on each changed reference for the start model's 5 min")
+    ap.add_argument("--finetune-frozen", nargs="*", type=int, default=[0, 2],
+                    help="finetune: the encoder stages kept frozen (TrainConfig.frozen_stages; 0 as before it existed)")
+    ap.add_argument("--finetune-seeds", nargs="*", type=int, default=[0, 1, 2],
+                    help="finetune: seeds of the fine-tuning's images (one minute of training varies with them)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where the new code trains (the previous commit's training always runs on the CPU)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="cryorient-bench-train-"))
@@ -487,14 +538,15 @@ def main() -> None:
         return args.only is None or name in args.only
 
     if wanted("demo"):
-        results["demo"] = demo(tmp, args.demo_minutes, args.hypotheses)
+        results["demo"] = demo(tmp, args.demo_minutes, args.device, args.hypotheses)
         print_table(results["demo"], [("code", "code"), ("seconds", "s"), ("epochs", "epochs"),
                                       ("val_mae", "val MAE rad"), ("val_median_deg", "val median °"),
                                       ("minutes_to_0.21", "min to MAE 0.21"), ("peak_rss_gib", "peak GiB")],
                     f"Demo setting, {args.demo_minutes:g} min of training each")
     if wanted("proteins"):
         ctfs = {"both": (False, True), "yes": (True,), "no": (False,)}[args.ctf]
-        results["proteins"] = proteins(tmp, args.minutes, args.structures, ctfs, args.local_radius, args.hypotheses,
+        results["proteins"] = proteins(tmp, args.minutes, args.structures, ctfs, args.device, args.local_radius,
+                                       args.hypotheses,
                                        args.turns, Path(args.trained) if args.trained else None)
         print_table(results["proteins"], [("protein", "protein"), ("ctf", "CTF"), ("train_min", "train min"),
                                           ("val_median_deg", "val median °"), ("network_deg", "network °"),
@@ -507,20 +559,29 @@ def main() -> None:
                                           ("better_deg", "better by score °"), ("random_deg", "random °")],
                     "Pose error vs truth, box 64 at 1.5 Å/px, SNR 1/16, N=2000")
     if wanted("finetune"):
-        results["finetune"] = finetune(tmp, args.finetune_lr, args.finetune_changes, args.finetune_scratch)
-        print_table(results["finetune"], [("change", "reference change"), ("lr", "lr"), ("epochs", "epochs"),
+        results["finetune"] = finetune(tmp, args.finetune_lr, args.finetune_changes, args.device, args.finetune_frozen,
+                                       args.finetune_seeds, args.finetune_scratch)
+        print_table(results["finetune"], [("change", "reference change"), ("lr", "lr"),
+                                          ("frozen_stages", "frozen stages"), ("seed", "seed"), ("epochs", "epochs"),
                                           ("trained_val_mae", "trained MAE"),
                                           ("first_epoch_val_mae", "after 1 epoch"), ("final_val_mae", "after 1 min"),
                                           ("seconds_back", "s back to trained MAE")], "Fine-tuning")
+        results["finetune_summary"] = finetune_summary(results["finetune"])
+        print_table(results["finetune_summary"], [("change", "reference change"), ("lr", "lr"),
+                                                  ("frozen_stages", "frozen stages"), ("seeds", "seeds"),
+                                                  ("back_within_60s", "back within 60 s"),
+                                                  ("median_final_val_mae", "median MAE after 1 min"),
+                                                  ("median_seconds_back", "median s back")],
+                    "Fine-tuning over the seeds")
     if wanted("augment"):
-        results["augment"] = augment(tmp)
+        results["augment"] = augment(tmp, args.device)
         print_table(results["augment"], [("reference", "reference"), ("augmentation", "augmentation"),
                                          ("epochs", "epochs"), ("val_mae", "val MAE rad"),
                                          ("val_median_deg", "val median °"), ("exact_deg", "exact particles °"),
                                          ("moved_deg", "domain moved 15° °")],
                     "Perturbing the reference while training, 3 min each (SNR 1/16, CTF, N=2000)")
     if wanted("symmetric"):
-        results["symmetric"] = symmetric(tmp, args.symmetric_minutes)
+        results["symmetric"] = symmetric(tmp, args.symmetric_minutes, args.device)
         print_table(results["symmetric"], [("particle", "particle"), ("pose_loss", "pose loss in"),
                                            ("hypotheses", "hypotheses"), ("train_min", "train min"),
                                            ("epochs", "epochs"), ("network_deg", "network ° (modulo C4)"),
@@ -528,7 +589,7 @@ def main() -> None:
                                            ("nearest_hypothesis_deg", "nearest hypothesis °")],
                     "Training on a C4 ring (box 64 at 2 Å/px, SNR 1/16, CTF, N=2000), errors modulo C4")
     if wanted("seed"):
-        results["seed"] = seed(tmp, Path(args.seed_map).resolve(), args.seed_minutes, args.seed_cases)
+        results["seed"] = seed(tmp, Path(args.seed_map).resolve(), args.seed_minutes, args.seed_cases, args.device)
         print_table(results["seed"], [("case", "case"), ("train_min", "train min"), ("epochs", "epochs"),
                                       ("val_mae", "val MAE"), ("median_deg", "median ° (physical)"),
                                       ("o4_median_deg", "O(4) median °"), ("original_deg", "original ° (O(4))")],

@@ -47,6 +47,18 @@ def test_train_outputs(trained):
     assert summary["val_median_deg"] > 30  # untrained: near-random orientations (~120°)
 
 
+def test_fine_tuning_from_a_model(trained, tmp_path):
+    """``train --init``: the model's first two encoder stages (the default) are kept as trained."""
+    sim, out = trained
+    code, _, err = run_cli("train", "--reference", "1ake_adk_closed", "--particles", sim / "particles.star",
+                           *TINY, "--init", out / "model.pt", "--outdir", tmp_path / "ft", "--quiet")
+    assert code == 0, err
+    start, tuned = (torch.load(p, weights_only=True)["state_dict"]
+                    for p in (out / "model.pt", tmp_path / "ft" / "model.pt"))
+    assert torch.equal(start["encoder.1.0.weight"], tuned["encoder.1.0.weight"])  # stage 2, frozen
+    assert not torch.equal(start["encoder.2.0.weight"], tuned["encoder.2.0.weight"])  # stage 3, trained
+
+
 def test_resume_continues_and_overwrite_rules(trained, tmp_path):
     sim, out = trained
     code, _, err = run_cli("train", "--reference", "1ake_adk_closed", "--particles", sim / "particles.star",
@@ -104,6 +116,8 @@ def test_train_and_distances_bad_inputs(trained, tmp_path):
         (["train", "--reference", "1ake_adk_closed", *base, "--objective", "pairs", "--hypotheses", "2"],
          "pairs objective trains one pose hypothesis"),
         (["train", "--reference", "1ake_adk_closed", *base, "--symmetry", "C0"], "unknown symmetry"),
+        (["train", "--reference", "1ake_adk_closed", *base, *TINY, "--init", out / "model.pt", "--frozen-stages",
+          "5"], "has 4 stages"),
         (["recover", *base, "--distances", "true", "--symmetry", "Cs"], "Cn, Dn, T, O or I"),
     ]:
         code, _, err = run_cli(*args, "--outdir", tmp_path / "o", "--quiet")

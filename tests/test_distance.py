@@ -4,7 +4,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -191,6 +191,39 @@ def test_train_killed_with_sigkill_resumes_bit_exact(tmp_path):
     a, b = load_model(tmp_path / "full" / "model.pt"), load_model(killed / "model.pt")
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
+
+
+def test_fine_tuning_keeps_the_frozen_stages(volume, tmp_path):
+    """``init`` with ``frozen_stages = 2``: the encoder's first two stages keep the start
+    model's weights exactly, the rest trains; with 0 everything trains; a resumed fine-tuning
+    freezes the same stages (the optimiser's state fits)."""
+    cfg = TrainConfig(max_epochs=1, minutes=None, steps_per_epoch=3, batch_size=8, val_size=16, model=TINY,
+                      warmup_steps=1, curriculum_epochs=1)
+    val = sampler(volume, seed=99).batch(16)[:2]
+
+    def make(rank):
+        return sampler(volume, seed=5, snr=1.0)
+
+    (tmp_path / "start").mkdir()
+    start = train(cfg, make, val, tmp_path / "start", seed=0).model_path
+    before = load_model(start)
+    for frozen in (2, 0):
+        out = tmp_path / f"frozen{frozen}"
+        out.mkdir()
+        train(replace(cfg, frozen_stages=frozen), make, val, out, seed=1, init=start)
+        after = load_model(out / "model.pt")
+        kept = [all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+                for a, b in zip(before.stages(), after.stages())]
+        assert kept == [True, True, False, False] if frozen else [False] * 4, (frozen, kept)
+        assert not torch.equal(before.project.weight, after.project.weight)
+    resumed = train(replace(cfg, frozen_stages=2, max_epochs=2), make, val, tmp_path / "frozen2", resume=True,
+                    seed=1, init=start)
+    assert resumed.epochs == 2
+    after = load_model(tmp_path / "frozen2" / "model.pt")
+    assert all(torch.equal(p, q) for p, q in zip(before.stages()[1].parameters(), after.stages()[1].parameters()))
+    assert len(SiameseDistance(ModelConfig(encoder="seed", head="cosine")).stages()) == 7
+    with pytest.raises(CryorientError, match="has 4 stages"):
+        TrainConfig(frozen_stages=5)
 
 
 def test_bad_checkpoints(tmp_path):

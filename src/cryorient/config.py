@@ -216,6 +216,9 @@ class TrainConfig:
     stop_after: float = 0.67  # (cosine) share of the planned epochs before that rule may stop training
     curriculum_snr_factor: float = 8.0  # the first epochs train at this multiple of the stack's SNR ...
     curriculum_epochs: int = 6  # ... down to the stack's SNR over this many epochs (1: no curriculum)
+    # fine-tuning (``init``) keeps the encoder's first stages as trained: the steps are faster and
+    # the model needs fewer of them (measured, docs/model.md "How training is made fast")
+    frozen_stages: int = 2
     loss: PairLoss = "l1"  # l1 (the seed's) or l2
     objective: Objective = "pose"  # pose (rotation head, reference frame) or pairs (the seed's)
     val_size: int = 384
@@ -237,6 +240,10 @@ class TrainConfig:
         require_positive(self.lr, "learning rate")
         _integer(self.patience, "patience", 1)
         _integer(self.stop_patience, "stop patience", 1)
+        _integer(self.frozen_stages, "frozen stages", 0)
+        stages = 7 if self.model.encoder == "seed" else 4
+        require(self.frozen_stages <= stages, f"the {self.model.encoder} encoder has {stages} stages; "
+                f"cannot freeze {self.frozen_stages}")
         require(0 <= self.stop_after <= 1, "the share of the budget before a plateau may stop training must be "
                 "in [0, 1]")
         require(self.curriculum_snr_factor >= 1, "the curriculum's SNR factor must be >= 1")

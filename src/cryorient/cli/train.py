@@ -82,6 +82,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=parse_positive, default=None,
                    help="band limit of the reference density in Å (default 2.5 x pixel size)")
     p.add_argument("--init", default=None, help="start from this model.pt (fine-tuning)")
+    p.add_argument("--frozen-stages", type=int, default=_T.frozen_stages,
+                   help="with --init: keep the encoder's first N stages as trained (0: train all; "
+                        "freezing is faster per step and measured to get back sooner, docs/model.md)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --outdir")
     add_device_option(p)
     add_star_pixel_size(p)
@@ -101,7 +104,8 @@ def config_from_args(args: argparse.Namespace, box: int, pixel_size: float, has_
                        batch_size=args.batch_size, lr=args.lr, loss=args.loss, objective=args.objective,
                        curriculum_snr_factor=args.curriculum,
                        curriculum_epochs=_T.curriculum_epochs if args.curriculum > 1 else 1,
-                       precision=args.precision, symmetry=args.symmetry, model=model,
+                       precision=args.precision, symmetry=args.symmetry, frozen_stages=args.frozen_stages,
+                       model=model,
                        augmentation=AugmentationConfig(enabled=args.augment))
 
 

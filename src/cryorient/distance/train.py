@@ -300,7 +300,7 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
     """Train a distance model into ``outdir`` (``model.pt``, ``checkpoint.pt``, ``metrics.jsonl``,
     figures). ``make_sampler(rank)`` builds each rank's data source; ``val`` is a fixed
     validation batch ``(inputs, rotations)``; ``init`` starts from a trained model's weights
-    (fine-tuning)."""
+    (fine-tuning), its first ``cfg.frozen_stages`` encoder stages kept as they are."""
     rank, world = init_distributed()
     device = torch.device(device) if device is not None else torch.device("cpu")
     torch.manual_seed(seed)  # identical initial weights on every rank
@@ -313,9 +313,12 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
                                  f"({c.input_size} px at {c.input_pixel_size:.3g} Å/px); fine-tuning needs "
                                  "the same")
         model.load_state_dict(start.state_dict())
+        for stage in model.stages()[:cfg.frozen_stages]:
+            stage.requires_grad_(False)  # batch norm still follows the new images' statistics
     model = model.to(device)
     sampler = make_sampler(rank)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     schedule = _Schedule()
     start_epoch, history, elapsed = 0, [], 0.0
     ckpt_path = outdir / "checkpoint.pt"
@@ -338,9 +341,11 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
     bf16 = use_bf16(cfg.precision, device)
     val = (val[0].to(device), val[1].to(device))
     model.train()
-    log.info("training %s/%s model (%d parameters) on %s%s: up to %d epochs x %d steps%s, %d rank(s)",
-             cfg.model.encoder, cfg.model.head, count_parameters(net), device.type, " (bf16)" if bf16 else "",
-             cfg.max_epochs, cfg.steps_per_epoch,
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    log.info("training %s/%s model (%d parameters%s) on %s%s: up to %d epochs x %d steps%s, %d rank(s)",
+             cfg.model.encoder, cfg.model.head, count_parameters(net),
+             f", {trainable} trained: {cfg.frozen_stages} stages frozen" if init is not None else "",
+             device.type, " (bf16)" if bf16 else "", cfg.max_epochs, cfg.steps_per_epoch,
              f" or {cfg.minutes:g} min" if cfg.minutes is not None else "", world)
     stopped_by = "max_epochs"
     epoch = start_epoch
@@ -434,11 +439,18 @@ def train_on_reference(volume: torch.Tensor, imaging: ImagingModel, cfg: TrainCo
         return ReferenceSampler(volume, imaging, cfg.model, cfg.augmentation,
                                 torch.Generator().manual_seed(seed * 1000 + rank + 1), device)
 
+    return train(cfg, make_sampler, validation_batch(volume, imaging, cfg, seed, device), outdir, resume=resume,
+                 seed=seed, summary=summary, init=init, device=device, progress=progress)
+
+
+def validation_batch(volume: torch.Tensor, imaging: ImagingModel, cfg: TrainConfig, seed: int = 0,
+                     device=None) -> Batch:
+    """The fixed validation batch ``(inputs, rotations)`` of a training with ``seed``: at the
+    stack's SNR, no augmentation."""
     val = ReferenceSampler(volume, imaging, cfg.model, replace(cfg.augmentation, enabled=False),
                            torch.Generator().manual_seed(seed * 1000 + 999), device)
     inputs, rot, _ = val.batch(cfg.val_size)
-    return train(cfg, make_sampler, (inputs, rot), outdir, resume=resume, seed=seed, summary=summary,
-                 init=init, device=device, progress=progress)
+    return inputs, rot
 
 
 def write_training_figures(model: SiameseDistance, history: list[dict], val: Batch, figs: Path,
