@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from cryorient import so3
-from cryorient.config import AugmentationConfig, DensityConfig, ModelConfig, SimulationConfig, TrainConfig
+from cryorient.config import (
+    ENCODER_STAGES,
+    AugmentationConfig,
+    DensityConfig,
+    ModelConfig,
+    SimulationConfig,
+    TrainConfig,
+)
 from cryorient.density import load_volume
 from cryorient.distance.data import ImagingModel, ReferenceSampler, augment_volume
 from cryorient.distance.model import SiameseDistance
@@ -221,7 +228,8 @@ def test_fine_tuning_keeps_the_frozen_stages(volume, tmp_path):
     assert resumed.epochs == 2
     after = load_model(tmp_path / "frozen2" / "model.pt")
     assert all(torch.equal(p, q) for p, q in zip(before.stages()[1].parameters(), after.stages()[1].parameters()))
-    assert len(SiameseDistance(ModelConfig(encoder="seed", head="cosine")).stages()) == 7
+    for encoder, stages in ENCODER_STAGES.items():
+        assert len(SiameseDistance(ModelConfig(encoder=encoder, head="cosine")).stages()) == stages
     with pytest.raises(CryorientError, match="has 4 stages"):
         TrainConfig(frozen_stages=5)
 

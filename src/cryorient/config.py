@@ -148,6 +148,9 @@ PairLoss = Literal["l1", "l2"]
 DEFAULT_HYPOTHESES = 4  # pose hypotheses of the rotation head (ModelConfig.hypotheses)
 
 
+ENCODER_STAGES = {"small": 4, "seed": 7}  # SiameseDistance.stages() of each encoder
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     encoder: Encoder = "small"  # small | seed (the original's 7-block encoder)
@@ -216,8 +219,8 @@ class TrainConfig:
     stop_after: float = 0.67  # (cosine) share of the planned epochs before that rule may stop training
     curriculum_snr_factor: float = 8.0  # the first epochs train at this multiple of the stack's SNR ...
     curriculum_epochs: int = 6  # ... down to the stack's SNR over this many epochs (1: no curriculum)
-    # fine-tuning (``init``) keeps the encoder's first stages as trained: the steps are faster and
-    # the model needs fewer of them (measured, docs/model.md "How training is made fast")
+    # fine-tuning (``init``) keeps the encoder's first stages as trained: faster steps, and a lower
+    # validation error after a minute (measured, docs/model.md "How training is made fast")
     frozen_stages: int = 2
     loss: PairLoss = "l1"  # l1 (the seed's) or l2
     objective: Objective = "pose"  # pose (rotation head, reference frame) or pairs (the seed's)
@@ -241,7 +244,7 @@ class TrainConfig:
         _integer(self.patience, "patience", 1)
         _integer(self.stop_patience, "stop patience", 1)
         _integer(self.frozen_stages, "frozen stages", 0)
-        stages = 7 if self.model.encoder == "seed" else 4
+        stages = ENCODER_STAGES[self.model.encoder]
         require(self.frozen_stages <= stages, f"the {self.model.encoder} encoder has {stages} stages; "
                 f"cannot freeze {self.frozen_stages}")
         require(0 <= self.stop_after <= 1, "the share of the budget before a plateau may stop training must be "

@@ -23,7 +23,7 @@ from roma import rotvec_to_rotmat
 
 from .conventions import hand_matrix
 from .so3 import project_to_so3, rotmat_angle, rotmat_distance
-from .symmetry import PointGroup, nearest_mates
+from .symmetry import PointGroup, nearest_mates, nearest_operator
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,10 @@ def _robust_left(ref: torch.Tensor, est: torch.Tensor, iterations: int = 5) -> t
     return g
 
 
-def _nearest_operator(aligned: torch.Tensor, ref: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
-    """For each particle, the index of the ``S`` whose mate ``S aligned_i`` is nearest ``ref_i``."""
-    return rotmat_angle(ref.transpose(-1, -2)[:, None] @ ops @ aligned[:, None]).argmin(1)
-
-
 def _mates_of_reference(aligned: torch.Tensor, ref: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
     """``S_i^T ref_i`` for each particle's nearest operator ``S_i`` (``S_i aligned_i`` nearest
     ``ref_i``)."""
-    return ops[_nearest_operator(aligned, ref, ops)].transpose(-1, -2) @ ref
+    return ops[nearest_operator(aligned, ref, ops)].transpose(-1, -2) @ ref
 
 
 def _robust_left_modulo(ref: torch.Tensor, est: torch.Tensor, ops: torch.Tensor, starts: int = 8,
@@ -212,7 +207,7 @@ def evaluate(estimated: torch.Tensor, reference: torch.Tensor, operators: torch.
     aligned = al.apply(estimated)
     if operators is not None and operators.shape[0] > 1:
         ops = operators.to(aligned.dtype)
-        aligned = ops[_nearest_operator(aligned, reference.to(aligned.dtype), ops)] @ aligned
+        aligned = ops[nearest_operator(aligned, reference.to(aligned.dtype), ops)] @ aligned
         estimated = aligned
     a, b, transposed = align_o4(estimated, reference)
     e = estimated.double().transpose(-1, -2) if transposed else estimated.double()

@@ -24,6 +24,7 @@ from functools import cache
 import torch
 
 from .errors import CryorientError
+from .so3 import geodesic_distance, rotmat_angle, rotmat_distance
 
 _ICOSA = {
     "I": [(2, (0, 0, 1)), (5, (0.525731114, 0, 0.850650807)), (3, (0, 0.356822076, 0.934172364))],
@@ -125,8 +126,6 @@ def point_group(name: str) -> PointGroup:
 def symmetric_distance(r1: torch.Tensor, r2: torch.Tensor, group: PointGroup) -> torch.Tensor:
     """The geodesic distance between orientations ``r1`` and ``r2`` ``(..., 3, 3)`` modulo the
     group: ``min_S angle(r1^T S r2)`` (the plain distance for C1)."""
-    from .so3 import rotmat_angle, rotmat_distance
-
     if group.order == 1:
         return rotmat_distance(r1, r2)
     ops = group.ops(r1.dtype, r1.device)
@@ -166,8 +165,6 @@ def mate_towards(qa: torch.Tensor, qb: torch.Tensor, left: torch.Tensor | None, 
 def distance_modulo(qa: torch.Tensor, qb: torch.Tensor, left: torch.Tensor | None) -> torch.Tensor:
     """Geodesic distances between pairs of quaternions ``(P, 4)``, modulo the group whose
     :func:`left_matrices` are ``left`` (plain distances when None)."""
-    from .so3 import geodesic_distance
-
     return geodesic_distance(qa, mate_towards(qa, qb, left))
 
 
@@ -179,20 +176,20 @@ def asymmetric_unit(rotations: torch.Tensor, operators: torch.Tensor, margin_rad
     identity's orbit, widened: a grid cut at the cell's faces reaches the views near them from
     one side only; a margin of a quarter of the grid step gives back the full grid's reach
     (tests/test_symmetry.py). A uniform grid keeps about 1/order of its points."""
-    from .so3 import rotmat_angle
-
     angles = rotmat_angle(operators.to(rotations) @ rotations[:, None])  # (M, G); the identity first
     return angles[:, 0] <= angles.min(dim=1).values + margin_rad + 1e-6
 
 
+def nearest_operator(estimated: torch.Tensor, reference: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    """For each estimate ``(N, 3, 3)``, the index of the operator ``S`` of ``ops`` ``(G, 3, 3)``
+    whose mate ``S R_est`` is closest to the reference ``(N, 3, 3)``."""
+    return rotmat_angle(reference.transpose(-1, -2)[:, None] @ ops @ estimated[:, None]).argmin(1)
+
+
 def nearest_mates(estimated: torch.Tensor, reference: torch.Tensor, group: PointGroup) -> torch.Tensor:
     """For each estimate, the symmetry mate ``S R_est`` closest to the reference ``(N, 3, 3)``."""
-    from .so3 import rotmat_angle
-
     ops = group.ops(estimated.dtype, estimated.device)
-    mates = ops @ estimated[:, None]  # (N, G, 3, 3)
-    k = rotmat_angle(reference[:, None].transpose(-1, -2) @ mates).argmin(dim=1)
-    return mates[torch.arange(estimated.shape[0]), k]
+    return ops[nearest_operator(estimated, reference, ops)] @ estimated
 
 
 def symmetrise(volume: torch.Tensor, group: PointGroup) -> torch.Tensor:

@@ -84,7 +84,8 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="start from this model.pt (fine-tuning)")
     p.add_argument("--frozen-stages", type=int, default=_T.frozen_stages,
                    help="with --init: keep the encoder's first N stages as trained (0: train all; "
-                        "freezing is faster per step and measured to get back sooner, docs/model.md)")
+                        "freezing makes the steps faster and was measured better after a minute, "
+                        "docs/model.md)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --outdir")
     add_device_option(p)
     add_star_pixel_size(p)
