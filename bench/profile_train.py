@@ -15,7 +15,7 @@ from cryorient.density import load_volume
 from cryorient.distance.data import ReferenceSampler, augment_volume, balanced_orientations, imaging_from_stack
 from cryorient.distance.model import SiameseDistance
 from cryorient.distance.preprocess import prepare_inputs
-from cryorient.distance.train import use_bf16
+from cryorient.distance.train import batch_loss, use_bf16
 from cryorient.imaging.noise import sample_noise
 from cryorient.imaging.render import render, sample_shifts
 from cryorient.simulate.simulator import simulate_stack
@@ -32,7 +32,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     sampler = ReferenceSampler(vol, imaging, cfg.model, cfg.augmentation, g)
     model = SiameseDistance(cfg.model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bf16 = use_bf16("auto", torch.device("cpu")) if len(sys.argv) < 2 else sys.argv[1] == "bf16"
     times: dict[str, float] = {}
 
@@ -44,11 +44,11 @@ def main() -> None:
         if step == WARMUP:
             times.clear()
         t = time.perf_counter()
-        if step % 8 == 0:
+        if cfg.augmentation.enabled and step % cfg.augmentation.refresh == 0:  # off by default
             sampler.augmented = augment_volume(sampler.volume, 2.5, cfg.augmentation, g)
             sampler.prepared = sampler._prepare(sampler.augmented)
-        t = lap("augmentation + volume preparation (every 8 steps)", t)
-        rot, _ = balanced_orientations(BATCH, g)
+        t = lap("augmentation + volume preparation (when enabled)", t)
+        rot, designed = balanced_orientations(BATCH, g)
         shifts = sample_shifts(BATCH, imaging.max_shift_px, g) * 0.5
         ctf = sampler._ctf(BATCH, g)
         t = lap("draws", t)
@@ -59,9 +59,8 @@ def main() -> None:
         x = prepare_inputs(img, sampler.small_px, ctf, 32, 5.0, True)
         t = lap("preprocessing (phase flip, normalise)", t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            raw = model(x)
-        loss = ((raw.float().view(-1, 3, 3) - rot) ** 2).sum((-2, -1)).mean()
-        t = lap("forward", t)
+            loss = batch_loss(model, x, rot, designed, cfg)  # as training computes it
+        t = lap("forward + loss", t)
         opt.zero_grad()
         loss.backward()
         t = lap("backward", t)
