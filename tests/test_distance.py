@@ -278,19 +278,27 @@ def test_ddp_two_processes_in_sync(tmp_path):
     subprocess.run([sys.executable, "-m", "cryorient", "simulate", "--structure", "1ake_adk_closed",
                     "--n-particles", "50", "--box-size", "32",
                     "--pixel-size", "4", "--outdir", str(sim), "--quiet"], check=True, env=env)
-    out = tmp_path / "ddp"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-         "-m", "cryorient", "train", "--reference", "1ake_adk_closed",
-         "--particles", str(sim / "particles.star"),
-         "--max-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--width", "8",
-         "--input-size", "16",
-         "--outdir", str(out), "--quiet", "--threads", "1"],
-        capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    payload = torch.load(out / "model.pt", weights_only=True)
-    assert payload["summary"]["world_size"] == 2
-    assert payload["summary"]["ranks_in_sync"] is True
+
+    def torchrun(out, *extra):
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+             "-m", "cryorient", "train", "--reference", "1ake_adk_closed",
+             "--particles", str(sim / "particles.star"),
+             "--max-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--width", "8",
+             "--input-size", "16",
+             "--outdir", str(out), "--quiet", "--threads", "1", *extra],
+            capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        payload = torch.load(out / "model.pt", weights_only=True)
+        assert payload["summary"]["world_size"] == 2
+        assert payload["summary"]["ranks_in_sync"] is True
+        return payload["state_dict"]
+
+    start = torchrun(tmp_path / "ddp")
+    # fine-tuning across ranks: the frozen stages (the default two) take no part in the reduction
+    tuned = torchrun(tmp_path / "ft", "--init", str(tmp_path / "ddp" / "model.pt"))
+    assert torch.equal(start["encoder.1.0.weight"], tuned["encoder.1.0.weight"])
+    assert not torch.equal(start["encoder.3.0.weight"], tuned["encoder.3.0.weight"])
 
 
 def test_plateau_stops_training_only_once_the_cosine_has_decayed():
