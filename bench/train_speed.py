@@ -16,8 +16,10 @@ Cases (box 64, SNR 1/16, shifts up to 4 px):
   search against the same reference at the network's input sampling (32 px, 5° grid) beside it;
 - finetune: a model trained on 3kpr_single fine-tuned to the structure low-passed to 15 Å, and
   to a copy with chains D, E moved by 10°: seconds until its validation MAE is back at the
-  trained model's; ``--finetune-scratch`` adds a model trained from scratch on each changed
-  reference for the start model's 5 minutes (how low that reference's validation MAE gets);
+  trained model's (on the same seed's validation draw), with 0 and 2 encoder stages frozen
+  (``--finetune-frozen``), for each of ``--finetune-seeds``; ``--finetune-scratch`` adds a model
+  trained from scratch on each changed reference for the start model's 5 minutes (how low that
+  reference's validation MAE gets);
 - augment: the reference perturbed while training (deformation, low-pass, blobs) or not, 3
   minutes each on the demo setting, the network's poses on the exact particles and on particles
   whose chains D, E moved by 15 deg; and 1ake_adk_closed (1.5 A/px, CTF) with and without;
@@ -29,7 +31,8 @@ Cases (box 64, SNR 1/16, shifts up to 4 px):
 - symmetric: a C4 ring (3q4oA x 4, 2 Å/px, CTF, N=2000) trained for ``--symmetric-minutes`` with the pose
   loss in C1 or modulo C4 (the nearest symmetry mate), one or four hypotheses: the network's pose
   error modulo C4.
-Writes bench/results/train_speed*.json.
+The new code trains on ``--device`` (cpu, or cuda where there is a GPU). Writes
+bench/results/train_speed*.json.
 """
 
 from __future__ import annotations
