@@ -93,7 +93,8 @@ model = ModelConfig(input_size=size, input_pixel_size=px, phase_flip=stack.ctf()
 cfg = TrainConfig(minutes={minutes}, model=model, **{train})
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
 t = time.perf_counter()
-r = train_on_reference(volume, imaging, cfg, out, init={init}, resume={resume}, seed={seed}, device="{device}")
+r = train_on_reference(volume, imaging, cfg, out, init={init}, resume={resume}, seed={seed},
+                       device=torch.device("{device}"))
 print(json.dumps({{"seconds": round(time.perf_counter() - t, 1), "epochs": r.epochs, "stopped_by": r.stopped_by,
                   "val_mae": r.final["val_mae"], "val_median_deg": r.final["val_median_deg"],
                   "history": [(h["epoch"], h["val_mae"]) for h in r.history],
