@@ -550,8 +550,7 @@ def main() -> None:
     if wanted("proteins"):
         ctfs = {"both": (False, True), "yes": (True,), "no": (False,)}[args.ctf]
         results["proteins"] = proteins(tmp, args.minutes, args.structures, ctfs, args.device, args.local_radius,
-                                       args.hypotheses,
-                                       args.turns, Path(args.trained) if args.trained else None)
+                                       args.hypotheses, args.turns, Path(args.trained) if args.trained else None)
         print_table(results["proteins"], [("protein", "protein"), ("ctf", "CTF"), ("train_min", "train min"),
                                           ("val_median_deg", "val median °"), ("network_deg", "network °"),
                                           ("network_turned_deg", "most probable of the turns °"),

@@ -73,7 +73,7 @@ class SiameseDistance(nn.Module):
         if self.config.encoder == "seed":
             convs = [k for k, m in enumerate(self.encoder) if isinstance(m, nn.Conv2d)]
             return [self.encoder[k:k + 3] for k in convs]
-        return list(self.encoder[:4])
+        return [m for m in self.encoder if isinstance(m, nn.Sequential)]
 
     def raw(self, images: torch.Tensor) -> torch.Tensor:
         """The head's unconstrained output ``(B, 9)`` or ``(B, E)`` (before SVD / ReLU)."""
@@ -122,6 +122,7 @@ class SiameseDistance(nn.Module):
         return self.distance(self.embed(images), self.embed(other))
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: nn.Module, trainable: bool = False) -> int:
+    """All parameters, or with ``trainable`` only those that require a gradient."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 

@@ -341,10 +341,10 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
     bf16 = use_bf16(cfg.precision, device)
     val = (val[0].to(device), val[1].to(device))
     model.train()
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     log.info("training %s/%s model (%d parameters%s) on %s%s: up to %d epochs x %d steps%s, %d rank(s)",
              cfg.model.encoder, cfg.model.head, count_parameters(net),
-             f", {trainable} trained: {cfg.frozen_stages} stages frozen" if init is not None else "",
+             f", {count_parameters(net, trainable=True)} trained: {cfg.frozen_stages} stages frozen"
+             if init is not None else "",
              device.type, " (bf16)" if bf16 else "", cfg.max_epochs, cfg.steps_per_epoch,
              f" or {cfg.minutes:g} min" if cfg.minutes is not None else "", world)
     stopped_by = "max_epochs"
