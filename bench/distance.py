@@ -50,7 +50,7 @@ measured = run_simulation(source, DensityConfig(box=64, pixel_size={px}, resolut
                           torch.Generator().manual_seed(1)).truth.measured_snr
 full = read_particles(sim / "particles.star"); truth = truth_of(full)
 stack = full.blind().with_half_sets(torch.Generator().manual_seed(0))
-size, input_px = default_input(64, {px}, 32)
+size, input_px = default_input(64, {px}, ModelConfig().input_size)
 tcfg = TrainConfig(minutes={minutes}, model=ModelConfig(input_size=size, input_pixel_size=input_px, phase_flip={ctf}))
 density = DensityConfig(box=64, pixel_size={px}, resolution={ref_res})
 volume = load_volume("{reference}", density)

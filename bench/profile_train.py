@@ -1,7 +1,7 @@
 """Profile one training step (docs/model.md): augmentation, draws, rendering at the input size,
 noise, preprocessing, forward, backward, optimiser; bf16 autocast + channels-last as training
 uses them, or fp32 (``python bench/profile_train.py fp32``). Demo setting: 3kpr_single, box 64
-at 2.5 Å/px, CTF, 128 images per step at 32 px; 40 steps timed after 5 warm-up steps."""
+at 2.5 Å/px, CTF, 128 images per step at the default input size; 40 steps timed after 5 warm-up steps."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cryorient.config import DensityConfig, ModelConfig, SimulationConfig, Train
 from cryorient.density import load_volume
 from cryorient.distance.data import ReferenceSampler, augment_volume, balanced_orientations, imaging_from_stack
 from cryorient.distance.model import SiameseDistance
-from cryorient.distance.preprocess import prepare_inputs
+from cryorient.distance.preprocess import default_input, prepare_inputs
 from cryorient.distance.train import batch_loss, use_bf16
 from cryorient.imaging.noise import sample_noise
 from cryorient.imaging.render import render, sample_shifts
@@ -28,7 +28,8 @@ def main() -> None:
     vol = load_volume("3kpr_single", DensityConfig(box=64, pixel_size=2.5))
     stack, _ = simulate_stack(vol, 2.5, SimulationConfig(n_particles=500, ctf=True), torch.Generator().manual_seed(0))
     imaging = imaging_from_stack(stack.blind(), vol, 6.25)
-    cfg = TrainConfig(model=ModelConfig(input_size=32, input_pixel_size=5.0))
+    size, input_px = default_input(64, 2.5, ModelConfig().input_size)
+    cfg = TrainConfig(model=ModelConfig(input_size=size, input_pixel_size=input_px))
     g = torch.Generator().manual_seed(1)
     sampler = ReferenceSampler(vol, imaging, cfg.model, cfg.augmentation, g)
     model = SiameseDistance(cfg.model)
@@ -53,10 +54,10 @@ def main() -> None:
         ctf = sampler._ctf(BATCH, g)
         t = lap("draws", t)
         img = render(sampler.prepared, rot, shifts, ctf, sampler.small_px)
-        t = lap("render (32 px)", t)
+        t = lap("render (input size)", t)
         img = img + sample_noise(img.shape, sampler.noise_variance, g)
         t = lap("noise", t)
-        x = prepare_inputs(img, sampler.small_px, ctf, 32, 5.0, True)
+        x = prepare_inputs(img, sampler.small_px, ctf, size, input_px, True)
         t = lap("preprocessing (phase flip, normalise)", t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = batch_loss(model, x, rot, designed, cfg)  # as training computes it

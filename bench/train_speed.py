@@ -2,18 +2,21 @@
 with, on the same machine in one run.
 
     python bench/train_speed.py                      # everything (about 2 h on 2 cores)
-    python bench/train_speed.py --only demo          # or: proteins finetune augment seed symmetric
+    python bench/train_speed.py --only demo          # or: inputs proteins finetune augment seed symmetric
     python bench/train_speed.py --only proteins --structures 3kpr 1ake_adk_closed --ctf yes
 
 Cases (box 64, SNR 1/16, shifts up to 4 px):
 - demo: the demo's setting (3kpr_single, 2.5 Å/px, CTF); the new training for ``--demo-minutes``
   and the previous commit's (``--old-commit``, run from a git worktree) for the same wall time:
   validation MAE (rad), median pose error, epochs, peak memory;
+- inputs: the demo's setting trained for ``--demo-minutes`` with the network's input at each of
+  ``--input-sizes`` px (the default 20 since 2026-12-03, 32 before): validation MAE and epochs;
 - proteins: a medium protein (3kpr chains A, B: HLA heavy chain + beta-2 microglobulin, ~45 kDa)
   and two small ones (1ake_adk_closed, 3q4oA), 1.5 Å/px, N=2000, with and without CTF, the
   exact structure as reference, the default budget: the network's pose error, after a local
   search about each network pose against the reference, and an exhaustive projection-matching
-  search against the same reference at the network's input sampling (32 px, 5° grid) beside it;
+  search against the same reference at the network's input sampling (24 px since 2026-12-03,
+  32 px before; 5° grid) beside it;
 - finetune: a model trained on 3kpr_single fine-tuned to the structure low-passed to 15 Å, and
   to a copy with chains D, E moved by 10°: seconds until its validation MAE is back at the
   trained model's (on the same seed's validation draw), with 0 and 2 encoder stages frozen
@@ -88,7 +91,7 @@ if {lowpass}:  # the reference low-passed (Å)
     from cryorient.volumes import lowpass_to_resolution
     volume = lowpass_to_resolution(volume, stack.pixel_size, {lowpass})
 imaging = imaging_from_stack(stack, volume, density.resolved_resolution())
-size, px = default_input(64, stack.pixel_size, 32)
+size, px = default_input(64, stack.pixel_size, {input_size})
 model = ModelConfig(input_size=size, input_pixel_size=px, phase_flip=stack.ctf() is not None, **{model})
 cfg = TrainConfig(minutes={minutes}, model=model, **{train})
 out = Path("{out}"); (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -103,11 +106,12 @@ print(json.dumps({{"seconds": round(time.perf_counter() - t, 1), "epochs": r.epo
 
 
 def new_train(*, device: str, init: str | None = None, resume: bool = False, lowpass: float | None = None,
-              seed: int = 0, **fields) -> str:
+              seed: int = 0, input_size: int | None = None, **fields) -> str:
     """NEW_TRAIN's code: from scratch unless ``init`` (a quoted model path), continuing its
     checkpoint with ``resume``, on the reference low-passed to ``lowpass`` Å if given, on
-    ``device`` (cpu, cuda)."""
-    return NEW_TRAIN.format(init=init, resume=resume, lowpass=lowpass, seed=seed, device=device, **fields)
+    ``device`` (cpu, cuda), the network's input at most ``input_size`` px (None: the default)."""
+    return NEW_TRAIN.format(init=init, resume=resume, lowpass=lowpass, seed=seed, device=device,
+                            input_size=input_size or "ModelConfig().input_size", **fields)
 
 
 POSES = """
@@ -131,7 +135,7 @@ one_reading = hypotheses_stack(model, stack, turns=1)  # (N, K, 3, 3), best-scor
 net = one_reading[:, 0]
 # the candidates: the K hypotheses of the image and of its {turns} - 1 quarter turns, turned back
 hyp = hypotheses_stack(model, stack, turns={turns})  # (N, turns K, 3, 3), the most probable first
-s = 32; px = stack.pixel_size * 64 / s
+s = model.config.input_size; px = stack.pixel_size * 64 / s  # the network's input sampling
 raw = stack.images.read()
 images = fourier_resize(raw, s)
 prepared = prepare_volume(fourier_resize_volume(volume, s))
@@ -317,6 +321,32 @@ print(json.dumps({{}}))
     return moved
 
 
+def demo_stack(tmp: Path) -> Path:
+    """The demo setting's stack (simulated once per workdir)."""
+    sim = tmp / "demo_sim"
+    if not (sim / "particles.star").is_file():
+        run_isolated(simulate(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
+                              noise=None, ctf=True))
+    return sim / "particles.star"
+
+
+def inputs(tmp: Path, minutes: float, sizes: list[int], device: str) -> list[dict]:
+    """The demo setting trained for ``minutes`` with the network's input at each of ``sizes`` px
+    (the whole 160 Å box Fourier-cropped to it): fewer pixels, more epochs in the same time."""
+    star = demo_stack(tmp)
+    rows = []
+    for size in sizes:
+        r = run_isolated(new_train(star=star, reference="3kpr_single", chains=None, model={}, minutes=minutes,
+                                   train={}, out=tmp / f"input_{size}", device=device, input_size=size))
+        reached = [t for t, (_, mae) in zip(r["elapsed"], r["history"]) if mae <= 0.21]
+        rows.append({"input_px": size, "input_pixel_size": round(64 * 2.5 / size, 2), "seconds": r["seconds"],
+                     "epochs": r["epochs"], "val_mae": round(r["val_mae"], 3),
+                     "val_median_deg": round(r["val_median_deg"], 1),
+                     "minutes_to_0.21": round(reached[0] / 60, 1) if reached else None})
+        print(rows[-1], flush=True)
+    return rows
+
+
 START_MINUTES = 5.0  # the fine-tuning cases' start model's budget
 
 START_MAE = """
@@ -342,10 +372,7 @@ def finetune(tmp: Path, lrs: list[float | None], changes: list[str], device: str
     of frozen stages and seed (the seed draws the fine-tuning's images); with ``scratch`` also a
     model trained from scratch on the changed reference for the same 5 minutes as the start model
     (how low the changed reference's validation MAE gets with the start model's budget)."""
-    sim = tmp / "demo_sim"
-    if not (sim / "particles.star").is_file():
-        run_isolated(simulate(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
-                              noise=None, ctf=True))
+    sim = demo_stack(tmp).parent
     base = tmp / "demo_new" / "model.pt"
     if not base.is_file():
         run_isolated(new_train(star=sim / "particles.star", reference="3kpr_single", chains=None, model={},
@@ -465,6 +492,7 @@ print(json.dumps({{"median_deg": round(math.degrees(float(ev.errors["rotation"].
 
 
 SEED_CASES = (("clean", "0.0", 11.4), ("sigma2=16", "16.0", 14.6))
+SEED_INPUT = 32  # px: the seed row's input, as measured (the original's is 116 px)
 
 
 def seed(tmp: Path, seed_map: Path, minutes: float, cases: list[str], device: str) -> list[dict]:
@@ -487,7 +515,7 @@ def seed(tmp: Path, seed_map: Path, minutes: float, cases: list[str], device: st
             tr = run_isolated(new_train(star=sim / "particles.star", reference=seed_map, chains=None,
                                         model={"encoder": "seed", "head": "cosine"}, minutes=minutes,
                                         train={"objective": "pairs", "loss": "l1", "max_epochs": 1000},
-                                        out=sim / "train", resume=resume, device=device))
+                                        out=sim / "train", resume=resume, device=device, input_size=SEED_INPUT))
             trained.write_text(json.dumps(tr))
         rec = run_isolated(SEED_RECOVER.format(star=sim / "particles.star", model=sim / "train" / "model.pt"))
         rows.append({"case": f"5j0n {name}", "train_min": round(tr["elapsed"][-1] / 60, 1), "epochs": tr["epochs"],
@@ -499,9 +527,11 @@ def seed(tmp: Path, seed_map: Path, minutes: float, cases: list[str], device: st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", nargs="*", default=None, help="demo proteins finetune augment seed symmetric")
+    ap.add_argument("--only", nargs="*", default=None, help="demo inputs proteins finetune augment seed symmetric")
     ap.add_argument("--symmetric-minutes", type=float, default=3.0, help="budget of each symmetric case")
-    ap.add_argument("--demo-minutes", type=float, default=5.0)
+    ap.add_argument("--demo-minutes", type=float, default=5.0, help="budget of the demo and input-size cases")
+    ap.add_argument("--input-sizes", nargs="*", type=int, default=[32, 28, 24, 20, 16],
+                    help="network input sizes (px) of the inputs case")
     ap.add_argument("--minutes", type=float, default=10.0, help="budget of the protein cases")
     ap.add_argument("--seed-minutes", type=float, default=15.0,
                     help="seed: training budget of each case; with --workdir an interrupted run resumes")
@@ -547,6 +577,12 @@ def main() -> None:
                                       ("val_mae", "val MAE rad"), ("val_median_deg", "val median °"),
                                       ("minutes_to_0.21", "min to MAE 0.21"), ("peak_rss_gib", "peak GiB")],
                     f"Demo setting, {args.demo_minutes:g} min of training each")
+    if wanted("inputs"):
+        results["inputs"] = inputs(tmp, args.demo_minutes, args.input_sizes, args.device)
+        print_table(results["inputs"], [("input_px", "input px"), ("input_pixel_size", "Å/px"), ("epochs", "epochs"),
+                                        ("val_mae", "val MAE rad"), ("val_median_deg", "val median °"),
+                                        ("minutes_to_0.21", "min to MAE 0.21")],
+                    f"Demo setting, network input size, {args.demo_minutes:g} min of training each")
     if wanted("proteins"):
         ctfs = {"both": (False, True), "yes": (True,), "no": (False,)}[args.ctf]
         results["proteins"] = proteins(tmp, args.minutes, args.structures, ctfs, args.device, args.local_radius,

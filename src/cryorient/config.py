@@ -157,7 +157,10 @@ class ModelConfig:
     head: Head = "rotation"  # rotation | cosine (the original's)
     width: int = 16  # channels of the first stage (small encoder)
     embedding: int = 512  # feature size for the cosine head
-    input_size: int = 32  # px at the network input
+    # px at the network input (at most: a smaller box is never upsampled). Fewer pixels, more
+    # epochs in the same time: demo setting, 5 min on two AVX2 cores, validation MAE 32 px 0.233,
+    # 28 px 0.220, 24 px 0.214, 20 px 0.193 (docs/model.md)
+    input_size: int = 20
     input_pixel_size: float = 4.0  # Å/px at the network input
     phase_flip: bool = True  # images are CTF phase-flipped before the network
     # rotation head: K pose hypotheses per image with a score each (winner-takes-all training);

@@ -385,7 +385,8 @@ def _refine(d: Path, cfg: PipelineConfig, blind: ParticleStack, truth: Truth | N
         first, lp = first_map(reference, start, blind.pixel_size, rc)
         imaging = imaging_from_stack(blind, first, lp,
                                      generator=torch.Generator().manual_seed(cfg.seed))
-        proposer = NetworkProposer(imaging, d / "networks", rc.train_minutes, rc.finetune_minutes, seed=cfg.seed,
+        proposer = NetworkProposer(imaging, d / "networks", rc.train_minutes, rc.finetune_minutes,
+                                   input_size=cfg.train.model.input_size, seed=cfg.seed,
                                    hypotheses=cfg.train.model.hypotheses, symmetry=rc.symmetry, device=device)
     result = refine(blind, reference, rc, proposer, device, progress=lambda msg: log.info("%s", msg), start=start)
     metrics = write_refinement(result, blind, d)

@@ -56,7 +56,7 @@ def prepare_inputs(images: torch.Tensor, pixel_size: float, ctf: CTFParams | Non
     return x / x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
 
 
-def default_input(box: int, pixel_size: float, max_size: int = 32) -> tuple[int, float]:
+def default_input(box: int, pixel_size: float, max_size: int) -> tuple[int, float]:
     """Network input size and pixel size for a stack: the whole box, downsampled to at most
     ``max_size`` px (never upsampled)."""
     size = min(box, max_size)

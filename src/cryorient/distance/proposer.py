@@ -39,7 +39,7 @@ class NetworkProposer:
     workdir: Path
     train_minutes: float = 2.0
     finetune_minutes: float = 0.5
-    input_size: int = 32
+    input_size: int = ModelConfig().input_size  # px at the network input (at most; never upsampled)
     hypotheses: int | None = None  # pose hypotheses per particle (ModelConfig.hypotheses; None: its default)
     symmetry: str = "C1"  # the maps' point group: the networks learn poses modulo it
     seed: int = 0
