@@ -152,7 +152,7 @@ scored = one.rotations
 # network's input sampling, the best-scoring kept, then of the 7.5 deg about it on a 2.5 deg lattice,
 # then of the 5 deg about that (1.25 deg) at the stack's sampling. The exhaustive search (5 deg grid
 # at the same input sampling) gets the same last stage, and "better" keeps per particle whichever of
-# the two scores higher at 32 px (truth-blind, as the refinement loop's candidates compete).
+# the two scores higher at the input sampling (truth-blind, as the refinement loop's candidates compete).
 wide = best_of([local_search(images, stack.ctf(), px, prepared, hyp[:, k].contiguous(), local_grid({radius}, 10.0),
                              cutoff=0.5, max_shift_px=3.0) for k in range(hyp.shape[1])])
 coarse = local_search(images, stack.ctf(), px, prepared, wide.rotations, local_grid(7.5, 2.5), cutoff=0.5,
@@ -165,7 +165,7 @@ found = global_search(images, stack.ctf(), px, prepared, so3.grid(5.0), cutoff=0
 full_prepared = prepare_volume(volume)
 def fine(start):
     return local_search(raw, stack.ctf(), stack.pixel_size, full_prepared, start.rotations, local_grid(5.0, 1.25),
-                        cutoff=0.5, max_shift_px=1.5, origins_px=-2 * start.shifts_px).rotations
+                        cutoff=0.5, max_shift_px=1.5, origins_px=-(64 / s) * start.shifts_px).rotations
 net_fine, search_fine = fine(coarse), fine(found)
 take = coarse.scores >= found.scores
 better = torch.where(take[:, None, None], net_fine, search_fine)
