@@ -15,7 +15,7 @@ Cases (box 64, SNR 1/16, shifts up to 4 px):
   and two small ones (1ake_adk_closed, 3q4oA), 1.5 Å/px, N=2000, with and without CTF, the
   exact structure as reference, the default budget: the network's pose error, after a local
   search about each network pose against the reference, and an exhaustive projection-matching
-  search against the same reference at the network's input sampling (24 px since 2026-12-03,
+  search against the same reference at the network's input sampling (20 px since 2026-12-03,
   32 px before; 5° grid) beside it;
 - finetune: a model trained on 3kpr_single fine-tuned to the structure low-passed to 15 Å, and
   to a copy with chains D, E moved by 10°: seconds until its validation MAE is back at the
@@ -211,9 +211,7 @@ def old_train(tmp: Path, star: Path, minutes: float) -> dict:
 
 
 def demo(tmp: Path, minutes: float, device: str, hypotheses: int = DEFAULT_HYPOTHESES) -> list[dict]:
-    sim = tmp / "demo_sim"
-    run_isolated(simulate(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
-                          noise=None, ctf=True))
+    sim = demo_stack(tmp, fresh=True).parent
     rows = []
     new = run_isolated(new_train(star=sim / "particles.star", reference="3kpr_single", chains=None,
                                  model={"hypotheses": hypotheses},
@@ -321,10 +319,10 @@ print(json.dumps({{}}))
     return moved
 
 
-def demo_stack(tmp: Path) -> Path:
-    """The demo setting's stack (simulated once per workdir)."""
+def demo_stack(tmp: Path, fresh: bool = False) -> Path:
+    """The demo setting's stack (simulated once per workdir, or anew with ``fresh``)."""
     sim = tmp / "demo_sim"
-    if not (sim / "particles.star").is_file():
+    if fresh or not (sim / "particles.star").is_file():
         run_isolated(simulate(out=sim, structure="3kpr_single", px=2.5, chains=None, n=2000, snr="1/16",
                               noise=None, ctf=True))
     return sim / "particles.star"
