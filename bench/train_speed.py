@@ -131,10 +131,11 @@ volume = load_volume("{reference}", DensityConfig(box=64, pixel_size=stack.pixel
 def med(r):
     return round(math.degrees(float(evaluate(r, truth.rotations).errors["rotation"].median())), 2)
 model = load_model("{model}")
-one_reading = hypotheses_stack(model, stack, turns=1)  # (N, K, 3, 3), best-scored first
-net = one_reading[:, 0]
-# the candidates: the K hypotheses of the image and of its {turns} - 1 quarter turns, turned back
-hyp = hypotheses_stack(model, stack, turns={turns})  # (N, turns K, 3, 3), the most probable first
+one_reading = hypotheses_stack(model, stack, turns=1)  # (N, 1 + K, 3, 3): their consensus, then best-scored first
+net = one_reading[:, 1]
+# the candidates: the consensus of the image's {turns} readings (it and its quarter turns, turned back),
+# then their K hypotheses each, the most probable first
+hyp = hypotheses_stack(model, stack, turns={turns})  # (N, 1 + turns K, 3, 3)
 s = model.config.input_size; px = stack.pixel_size * 64 / s  # the network's input sampling
 raw = stack.images.read()
 images = fourier_resize(raw, s)
@@ -169,8 +170,9 @@ def fine(start):
 net_fine, search_fine = fine(coarse), fine(found)
 take = coarse.scores >= found.scores
 better = torch.where(take[:, None, None], net_fine, search_fine)
-print(json.dumps({{"network_deg": med(net), "network_turned_deg": med(hyp[:, 0]), "network_refined_deg": med(net_fine),
-                  "hypotheses": one_reading.shape[1], "candidates": hyp.shape[1],
+print(json.dumps({{"network_deg": med(net), "network_turned_deg": med(hyp[:, 1]),
+                  "network_consensus_deg": med(hyp[:, 0]), "network_refined_deg": med(net_fine),
+                  "hypotheses": one_reading.shape[1] - 1, "candidates": hyp.shape[1],
                   "nearest_hypothesis_deg": round(math.degrees(float(nearest.median())), 2),
                   "scored_hypothesis_deg": med(scored),
                   "search_deg": med(found.rotations), "search_refined_deg": med(search_fine),
@@ -274,8 +276,9 @@ from cryorient.evaluation import truth_of
 from cryorient.particles import read_particles
 from cryorient.symmetry import point_group, symmetric_distance
 full = read_particles("{star}"); truth = truth_of(full)
-hyp = hypotheses_stack(load_model("{model}"), full.blind(), turns=1)  # (N, K, 3, 3), best-scored first
 group = point_group("{group}")
+# (N, K, 3, 3), best-scored first (after the consensus)
+hyp = hypotheses_stack(load_model("{model}"), full.blind(), turns=1, group=group)[:, 1:]
 best = symmetric_distance(hyp[:, 0], truth.rotations, group)
 nearest = symmetric_distance(hyp, truth.rotations[:, None], group).min(1).values
 def med(d):
@@ -588,6 +591,7 @@ def main() -> None:
         print_table(results["proteins"], [("protein", "protein"), ("ctf", "CTF"), ("train_min", "train min"),
                                           ("val_median_deg", "val median °"), ("network_deg", "network °"),
                                           ("network_turned_deg", "most probable of the turns °"),
+                                          ("network_consensus_deg", "the turns' consensus °"),
                                           ("nearest_hypothesis_deg", "nearest candidate °"),
                                           ("scored_hypothesis_deg", "candidate scored best °"),
                                           ("network_refined_deg", "+ local search °"),

@@ -3,9 +3,10 @@
 Per half set and round: a network is trained (first round) or fine-tuned from the previous
 round's (later rounds) on projections of that half's current map, made like the particles
 (CTF, SNR, shifts), for a short budget; its rotation head's output for each particle is the
-proposed pose, in the map's frame: its K hypotheses (``hypotheses``) for the image and for each of
-its quarter turns (:func:`~cryorient.distance.predict.hypotheses_stack`), the most probable first,
-each a candidate the loop scores against the map. Its validation (median pose error on projections of the
+proposed pose, in the map's frame: the consensus of the image's quarter-turned readings, then
+its K hypotheses (``hypotheses``) for the image and for each of its quarter turns
+(:func:`~cryorient.distance.predict.hypotheses_stack`), the most probable first, each a candidate
+the loop scores against the map. Its validation (median pose error on projections of the
 same map) is returned with the proposal, so the loop can fall back on the global search when
 the network has not learned.
 """
@@ -20,6 +21,7 @@ import torch
 
 from ..config import ModelConfig, TrainConfig
 from ..particles import ParticleStack
+from ..symmetry import point_group
 from .data import ImagingModel
 from .predict import hypotheses_stack
 from .preprocess import default_input
@@ -28,7 +30,8 @@ from .train import load_model, train_on_reference
 
 @dataclass(frozen=True)
 class NetworkProposal:
-    rotations: torch.Tensor | None  # (n, 4 K, 3, 3): K hypotheses x 4 quarter turns, the most probable first
+    # (n, 1 + 4 K, 3, 3): the turns' consensus, then K hypotheses x 4 quarter turns, the most probable first
+    rotations: torch.Tensor | None
     val_median_deg: float
     weak: bool
 
@@ -68,5 +71,5 @@ class NetworkProposer:
             return NetworkProposal(None, median, True)
         self.models[half] = result.model_path
         net = load_model(result.model_path).to(self.device)
-        return NetworkProposal(hypotheses_stack(net, particles), median, False)
+        return NetworkProposal(hypotheses_stack(net, particles, group=point_group(self.symmetry)), median, False)
 
