@@ -61,16 +61,15 @@ class ImagingModel:
 
 
 def estimate_shift_spread(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float,
-                          reference: torch.Tensor, resolution: float, generator: torch.Generator) -> float:
+                          clean: torch.Tensor, resolution: float) -> float:
     """Per-axis standard deviation (px) of the particles' offsets, from their images alone.
 
     The average of many particles is the average projection of the object blurred by the
-    distribution of the offsets; the average projection comes from the reference (uniform
-    orientations, the same CTFs). Both averages are phase-flipped; the Gaussian blur that best
-    maps the reference's onto the stack's, below the reference's resolution, gives the spread."""
-    n, box = images.shape[0], images.shape[-1]
-    rot = so3.sample_rotations(n, generator)
-    clean = render(prepare_volume(reference), rot, None, ctf, pixel_size)
+    distribution of the offsets; the average projection comes from ``clean``, the reference
+    projected at uniform orientations with the same CTFs (band-limited at ``resolution`` Å).
+    Both averages are phase-flipped; the Gaussian blur that best maps the reference's onto the
+    stack's, below the reference's resolution, gives the spread."""
+    box = images.shape[-1]
 
     def average(x: torch.Tensor) -> torch.Tensor:
         f = rfft2_centered(x.float())
@@ -78,7 +77,7 @@ def estimate_shift_spread(images: torch.Tensor, ctf: CTFParams | None, pixel_siz
             f = f * ctf_rfft(ctf, box, pixel_size, phase_flip=True, device=f.device)
         return f.mean(0)
 
-    a, r = average(images), average(clean.to(images.device))
+    a, r = average(images), average(clean)
     ky, kx = rfft_freqs_2d(box, device=a.device)
     k2 = kx**2 + ky**2
     sel = (k2 < min(0.15, 0.8 * pixel_size / resolution) ** 2) & (k2 > 0)
@@ -95,15 +94,19 @@ def estimate_shift_spread(images: torch.Tensor, ctf: CTFParams | None, pixel_siz
 def imaging_from_stack(stack: ParticleStack, reference: torch.Tensor, resolution: float, sample: int = 2000,
                        generator: torch.Generator | None = None) -> ImagingModel:
     """The stack's imaging parameters measured from a sample of its images (and its CTF
-    parameters); ``reference`` (on the stack's grid, band-limited at ``resolution`` Å) serves
-    the offset spread (:func:`estimate_shift_spread`). Reads no pose column."""
+    parameters); ``reference`` (on the stack's grid, band-limited at ``resolution`` Å),
+    projected at random orientations with the sample's CTFs, serves the SNR (the share of the
+    signal in the background ring, :func:`~cryorient.imaging.noise.estimate_snr`) and the
+    offset spread (:func:`estimate_shift_spread`). Reads no pose column."""
     g = generator or torch.Generator().manual_seed(0)
     idx = torch.randperm(stack.n, generator=g)[: min(sample, stack.n)].sort().values.numpy()
     images = stack.images.read(idx)
-    snr, _ = estimate_snr(images)
     ctf = stack.ctf()
     sub_ctf = ctf.subset(idx) if ctf is not None else None
-    sigma = estimate_shift_spread(images, sub_ctf, stack.pixel_size, reference, resolution, g)
+    clean = render(prepare_volume(reference), so3.sample_rotations(len(idx), g), None, sub_ctf,
+                   stack.pixel_size).to(images.device)
+    snr, _ = estimate_snr(images, clean=clean)
+    sigma = estimate_shift_spread(images, sub_ctf, stack.pixel_size, clean, resolution)
     max_shift = max(1.0, SHIFT_RANGE_PER_SIGMA * sigma)
     return ImagingModel(stack.box, stack.pixel_size, snr, max_shift, ctf)
 
