@@ -2,8 +2,9 @@
 
 :class:`ImagingModel` captures what matters of a stack, measured from its images and CTF
 parameters only (never from its recorded poses): box, pixel size, the CTF parameters, the
-SNR (background variance against the whole box) and the spread of the particles' offsets
-(the blur of the stack's average image relative to the reference's average projection).
+SNR (background variance against the whole box, less the share of the signal the CTF puts in
+the background, measured on the reference's projections) and the spread of the particles'
+offsets (the blur of the stack's average image relative to the reference's average projection).
 :class:`ReferenceSampler` renders batches of fresh projections of the reference at the
 network's input size (a Fourier-cropped copy of the volume: the same images as rendering at
 full size and cropping, at a fraction of the cost), with orientation pairs balanced over
