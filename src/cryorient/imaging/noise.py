@@ -59,8 +59,8 @@ def estimate_snr(images: torch.Tensor, background_radius: float = 0.42, clean: t
 
     The background ring (pixels beyond ``background_radius x box`` from the centre) holds the
     noise and, with a CTF, the part of the signal it delocalises (and a particle's edge): its
-    variance alone overestimates the noise, by half the signal on a 25 kDa protein at SNR 1/16,
-    1.5 Å/px, box 64 (the SNR came out 0.033 for 0.0625). ``clean``, noise-free images made
+    variance alone overestimates the noise (a 25 kDa protein at SNR 1/16, 1.5 Å/px, box 64:
+    the SNR came out 0.033 for 0.0625). ``clean``, noise-free images made
     like the stack's (the reference projected at random orientations with the stack's CTFs),
     measures that share ``f`` of the signal's variance in the ring: with ``V`` the box's and
     ``V_ring`` the ring's mean variance, the signal is ``(V - V_ring) / (1 - f)`` and the noise
