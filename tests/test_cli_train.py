@@ -25,6 +25,7 @@ def trained(tmp_path_factory):
                                 sim / "particles.star", *TINY, "--outdir", out, "--quiet")
     assert code == 0, err
     assert "validation: median orientation error" in stdout
+    assert "on a stack (the consensus of each image's 4 quarter-turned readings)" in stdout
     assert "WARNING: the distance model is too weak to trust" in stdout  # 3 steps cannot learn
     return sim, out
 
@@ -32,7 +33,8 @@ def trained(tmp_path_factory):
 def test_train_outputs(trained):
     _, out = trained
     for name in ("model.pt", "checkpoint.pt", "metrics.jsonl", "config.yaml", "run.json",
-                 "figures/loss.png", "figures/predicted_vs_true.png", "figures/error_by_distance.png"):
+                 "figures/loss.png", "figures/predicted_vs_true.png", "figures/error_by_distance.png",
+                 "figures/pose_error.png"):
         assert (out / name).is_file(), name
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["epoch"] == 1
@@ -45,6 +47,7 @@ def test_train_outputs(trained):
     assert payload["config"]["phase_flip"] is True
     assert summary["weak"] is True and summary["stopped_by"] == "max_epochs"
     assert summary["val_median_deg"] > 30  # untrained: near-random orientations (~120°)
+    assert summary["val_consensus_median_deg"] > 30  # its turned readings cannot agree on the truth either
 
 
 def test_fine_tuning_from_a_model(trained, tmp_path):

@@ -122,7 +122,7 @@ def test_the_consensus_of_turned_readings_follows_the_agreeing_ones(group_name):
     any of them; a plain mean of everything would be pulled away."""
     import roma
 
-    from cryorient.distance.predict import consensus, most_probable_first
+    from cryorient.distance.turns import consensus, most_probable_first
     from cryorient.symmetry import point_group, symmetric_distance
 
     group = point_group(group_name)

@@ -86,6 +86,7 @@ def test_run_outputs_and_summary(pipeline_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_particles"] == 300 and summary["distances"].startswith("trained")
     assert summary["model_weak"] is True and summary["training_median_error_deg"] > 30
+    assert summary["training_consensus_median_error_deg"] > 30  # the stack's poses: no better untrained
     assert any("too weak to trust" in w for w in summary["warnings"])
     assert summary["hand"] == "as reference"  # a reference was given: its frame and hand
     final = starfile.read(out / "particles.star", always_dict=True)["particles"]

@@ -89,6 +89,15 @@ def test_pairwise_distances(generator):
     assert torch.allclose(d[0], so3.geodesic_distance(q[0], q[4]))
 
 
+def test_the_dense_distance_matrix_is_the_pairwise_distance(generator):
+    a = so3.sample_rotations(40, generator, dtype=torch.float64)
+    b = torch.cat([a[:5], so3.sample_rotations(30, generator, dtype=torch.float64)])  # 5 zero distances
+    dense = so3.rotmat_distance_matrix(a, b)
+    assert dense.shape == (40, 35)
+    assert torch.allclose(dense, so3.rotmat_distance(a[:, None], b[None]), atol=1e-9)
+    assert float(dense[:5, :5].diagonal().max()) < 1e-5  # accurate at 0 (atan2, not arccos)
+
+
 def test_bad_sampling_arguments(generator):
     from cryorient.errors import CryorientError
 

@@ -19,7 +19,14 @@ from cryorient.imaging.projector import prepare_volume, project
 from cryorient.refine.loop import refine
 from cryorient.simulate.simulator import simulate_stack
 from cryorient.structure import make_oligomer, read_atoms, resolve_structure
-from cryorient.symmetry import asymmetric_unit, nearest_mates, point_group, symmetric_distance, symmetrise
+from cryorient.symmetry import (
+    asymmetric_unit,
+    nearest_mates,
+    point_group,
+    symmetric_distance,
+    symmetric_distance_matrix,
+    symmetrise,
+)
 from cryorient.volumes import fsc
 
 ORDERS = {"C1": 1, "C2": 2, "C7": 7, "D2": 4, "D5": 10, "T": 12, "O": 24, "I": 60, "I1": 60, "I3": 60, "I4": 60,
@@ -54,6 +61,8 @@ def test_distance_modulo_the_group():
     plain = so3.rotmat_distance(r, other)
     assert bool((symmetric_distance(r, other, g) <= plain + 1e-9).all())
     assert torch.allclose(nearest_mates(mates, r, g), r, atol=1e-6)
+    dense = symmetric_distance_matrix(r[:20], other, g)  # every pair at once, as validation takes them
+    assert torch.allclose(dense, symmetric_distance(r[:20, None], other[None], g), atol=1e-9)
 
 
 def test_the_pose_loss_and_validation_take_the_nearest_symmetry_mate():

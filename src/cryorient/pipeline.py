@@ -100,6 +100,7 @@ class TrainStageResult:
     val_mae_rad: float | None
     weak: bool
     warning: str | None
+    consensus_median_deg: float | None = None  # the consensus of the turned readings (the stack's poses)
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,8 @@ class RunSummary:
         if self.train is not None:
             out.update(training_median_error_deg=self.train.val_median_deg,
                        training_within_15deg=self.train.val_within_15deg, model_weak=self.train.weak)
+            if self.train.consensus_median_deg is not None:
+                out["training_consensus_median_error_deg"] = self.train.consensus_median_deg
         for part in (self.recover, self.reconstruct, self.abinitio, self.refine):
             if part is not None:
                 out.update({k: v for k, v in asdict(part).items() if v is not None and k != "warnings"})
@@ -514,7 +517,8 @@ def _train_stage(stages: Stages, cfg: PipelineConfig, stack: ParticleStack, refe
         weak = bool(info.get("weak", False))
         result = TrainStageResult("train/model.pt", "trained (from the cache)", final.get("val_median_deg"),
                                   final.get("val_within_15deg"), final.get("val_mae"), weak,
-                                  _weak_warning(final, tcfg.weak_median_deg) if weak else None)
+                                  _weak_warning(final, tcfg.weak_median_deg) if weak else None,
+                                  final.get("val_consensus_median_deg"))
     else:
         resume = (target / "checkpoint.pt").is_file()
         if not resume:
@@ -527,7 +531,7 @@ def _train_stage(stages: Stages, cfg: PipelineConfig, stack: ParticleStack, refe
         shutil.copyfile(target / "model.pt", cache_dir() / "models" / f"{key}.pt")
         result = TrainStageResult("train/model.pt", "trained", tr.final.get("val_median_deg"),
                                   tr.final.get("val_within_15deg"), tr.final.get("val_mae"), tr.weak,
-                                  tr.warning(tcfg.weak_median_deg))
+                                  tr.warning(tcfg.weak_median_deg), tr.final.get("val_consensus_median_deg"))
     write_json(target / "stage.json", {"config_digest": _digest(stage_cfg), "result": asdict(result),
                                        "seconds": round(time.perf_counter() - t0, 2)})
     return _absolute(result, stages.outdir)

@@ -93,12 +93,20 @@ def curves(series: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, x
 
 
 def histogram(values: list[tuple[str, np.ndarray]], path: str | Path, xlabel: str, title: str = "",
-              bins: int = 60, markers: list[tuple[float, str]] = ()) -> Path:
-    """Overlaid histograms with optional vertical markers (e.g. the median)."""
+              bins: int | np.ndarray = 60, markers: list[tuple[float, str]] = (), medians: str | None = None) -> Path:
+    """Overlaid histograms (``bins``: a count, or shared edges) with optional vertical markers;
+    with ``medians`` (the values' unit) each series' median as a dashed line of its colour, its
+    value in the legend."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
     for label, v in values:
-        ax.hist(_np(v), bins=bins, alpha=0.6, label=label)
+        v = _np(v)
+        if medians is not None:
+            label = f"{label}: median {np.median(v):.1f}{medians}"
+        _, _, patches = ax.hist(v, bins=bins, alpha=0.6, label=label)
+        if medians is not None:
+            ax.axvline(float(np.median(v)), color=patches[0].get_facecolor(), alpha=1.0, linestyle="--",
+                       linewidth=1.2)
     for x, label in markers:
         ax.axvline(x, color="k", linestyle="--", linewidth=0.8)
         ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), ha="left", va="top", fontsize=8)
@@ -107,7 +115,7 @@ def histogram(values: list[tuple[str, np.ndarray]], path: str | Path, xlabel: st
     if title:
         ax.set_title(title)
     if len(values) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right" if medians is not None else "best")
     return _save(fig, path)
 
 

@@ -158,6 +158,21 @@ def rotmat_distance(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
     return rotmat_angle(r1.transpose(-1, -2) @ r2)
 
 
+def rotmat_distance_matrix(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+    """``(n, m)`` geodesic distances between every ``r1 (n, 3, 3)`` and every ``r2 (m, 3, 3)``:
+    :func:`rotmat_distance` of all pairs, as four ``(n, k) @ (k, m)`` products (the entries of
+    ``M = r1^T r2`` that :func:`rotmat_angle` needs are bilinear forms of the columns) instead
+    of ``n m`` gathered 3x3 products: 2048 x 2048 in milliseconds instead of a third of a second."""
+    def col(r: torch.Tensor, c: int) -> torch.Tensor:
+        return r[:, :, c]
+
+    trace = r1.reshape(-1, 9) @ r2.reshape(-1, 9).T  # sum_ab r1_ab r2_ab = tr(r1^T r2)
+    skew = [torch.cat([col(r1, a), -col(r1, b)], 1) @ torch.cat([col(r2, b), col(r2, a)], 1).T
+            for a, b in ((2, 1), (0, 2), (1, 0))]  # M_ab - M_ba, M_ab = <r1[:, a], r2[:, b]>
+    sin2 = sum(x * x for x in skew)
+    return torch.atan2(0.5 * torch.sqrt(sin2 + 1e-12), 0.5 * (trace - 1.0))
+
+
 def viewing_direction(rotmat: torch.Tensor) -> torch.Tensor:
     """Unit viewing direction (the projection axis ``R e_z``) in the volume frame."""
     return rotmat[..., :, 2]

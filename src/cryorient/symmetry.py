@@ -24,7 +24,7 @@ from functools import cache
 import torch
 
 from .errors import CryorientError
-from .so3 import geodesic_distance, rotmat_angle, rotmat_distance
+from .so3 import geodesic_distance, rotmat_angle, rotmat_distance, rotmat_distance_matrix
 
 _ICOSA = {
     "I": [(2, (0, 0, 1)), (5, (0.525731114, 0, 0.850650807)), (3, (0, 0.356822076, 0.934172364))],
@@ -131,6 +131,15 @@ def symmetric_distance(r1: torch.Tensor, r2: torch.Tensor, group: PointGroup) ->
     ops = group.ops(r1.dtype, r1.device)
     m = r1.transpose(-1, -2)[..., None, :, :] @ ops @ r2[..., None, :, :]
     return rotmat_angle(m).min(dim=-1).values
+
+
+def symmetric_distance_matrix(r1: torch.Tensor, r2: torch.Tensor, group: PointGroup) -> torch.Tensor:
+    """``(n, m)`` :func:`symmetric_distance` between every ``r1 (n, 3, 3)`` and every
+    ``r2 (m, 3, 3)`` (dense, :func:`~cryorient.so3.rotmat_distance_matrix` per operator)."""
+    out = rotmat_distance_matrix(r1, r2)
+    for op in group.ops(r1.dtype, r1.device)[1:]:  # the identity first
+        out = torch.minimum(out, rotmat_distance_matrix(r1, op @ r2))
+    return out
 
 
 def left_matrices(group_quats: torch.Tensor) -> torch.Tensor:

@@ -169,6 +169,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"validation: median orientation error {f.get('val_median_deg', math.nan):.1f}°, "
               f"{100 * f.get('val_within_15deg', math.nan):.0f}% within 15°, distance MAE "
               f"{f.get('val_mae', math.nan):.3f} rad")
+        if "val_consensus_median_deg" in f:
+            print(f"on a stack (the consensus of each image's 4 quarter-turned readings): median orientation "
+                  f"error {f['val_consensus_median_deg']:.1f}°, {100 * f['val_consensus_within_15deg']:.0f}% "
+                  "within 15°")
         if result.weak:
             print(f"WARNING: {result.warning(cfg.weak_median_deg)}")
         print(f"wrote {outdir / 'model.pt'}, metrics.jsonl and figures/")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..so3 import rotmat_distance
+from ..so3 import rotmat_distance, rotmat_distance_matrix
 
 
 def _stage(c_in: int, c_out: int) -> nn.Sequential:
@@ -113,6 +113,15 @@ class SiameseDistance(nn.Module):
         eps = 1e-7
         cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8).clamp(eps, 1 - eps)
         return 2.0 * torch.arccos(cos)
+
+    def distance_matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(n, m)`` :meth:`distance` between every embedding of ``a (n, E)`` and of ``b (m, E)``
+        (dense products, not ``n m`` gathered pairs)."""
+        if self.config.head == "rotation":
+            return rotmat_distance_matrix(a.view(-1, 3, 3), b.view(-1, 3, 3))
+        eps = 1e-7
+        cos = (nn.functional.normalize(a, dim=-1, eps=1e-8) @ nn.functional.normalize(b, dim=-1, eps=1e-8).T)
+        return 2.0 * torch.arccos(cos.clamp(eps, 1 - eps))
 
     def forward(self, images: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         """Raw head outputs of ``images`` (what training needs); with ``other``, the distances

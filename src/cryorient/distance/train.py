@@ -49,9 +49,10 @@ from .. import plots
 from ..config import ModelConfig, TrainConfig
 from ..errors import CryorientError
 from ..io import load_checkpoint, save_checkpoint
-from ..symmetry import point_group, symmetric_distance
+from ..symmetry import point_group, symmetric_distance, symmetric_distance_matrix
 from .data import ImagingModel, ReferenceSampler
 from .model import SiameseDistance, count_parameters
+from .turns import consensus, read_turned
 
 log = logging.getLogger(__name__)
 MODEL_KIND = "distance-model"
@@ -102,6 +103,18 @@ def batch_loss(model, inputs: torch.Tensor, rot: torch.Tensor, designed: torch.T
     return f(d_designed - designed) + f(net.distance(emb[i], emb[j]) - true)
 
 
+def validation_distances(model: SiameseDistance, emb: torch.Tensor, rot: torch.Tensor,
+                         group) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted and the true distances ``(n, n)`` between all validation images, modulo the
+    point group (the cosine head learned distances modulo it; the rotation head's poses are
+    compared as :func:`symmetric_distance_matrix` does)."""
+    if group.order == 1 or model.config.head != "rotation":
+        pred = model.distance_matrix(emb, emb)
+    else:
+        pred = symmetric_distance_matrix(emb.view(-1, 3, 3), emb.view(-1, 3, 3), group)
+    return pred, symmetric_distance_matrix(rot, rot, group)
+
+
 @torch.no_grad()
 def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tensor, objective: str,
                    symmetry: str = "C1") -> dict:
@@ -121,23 +134,16 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
         emb = torch.cat([model.embed(inputs[k:k + 256]).float() for k in range(0, inputs.shape[0], 256)])
     model.train(was_training)
     n = inputs.shape[0]
+    dm_pred, dm_true = validation_distances(model, emb, rot, group)
     i, j = torch.triu_indices(n, n, offset=1, device=emb.device)
-    if group.order == 1 or model.config.head != "rotation":  # the cosine head learned distances modulo G
-        pred = model.distance(emb[i], emb[j])
-    else:
-        pred = symmetric_distance(emb[i].view(-1, 3, 3), emb[j].view(-1, 3, 3), group)
-    true = symmetric_distance(rot[i], rot[j], group)
+    pred, true = dm_pred[i, j], dm_true[i, j]
     err = (pred - true).abs()
     out = {"val_mae": float(err.mean()), "val_rmse": float((err**2).mean().sqrt())}
     for cut in (0.5, 1.0):
         sel = true < cut
         out[f"val_mae_below_{cut}"] = float(err[sel].mean()) if bool(sel.any()) else float("nan")
-    dm_pred = torch.full((n, n), math.inf, device=emb.device)
-    dm_true = torch.full_like(dm_pred, math.inf)
-    dm_pred[i, j] = pred
-    dm_pred[j, i] = pred
-    dm_true[i, j] = true
-    dm_true[j, i] = true
+    dm_pred.fill_diagonal_(math.inf)
+    dm_true.fill_diagonal_(math.inf)
     nn_pred = dm_pred.topk(5, largest=False).indices
     nn_true = dm_true.topk(5, largest=False).indices
     out["val_knn5_overlap"] = float((nn_pred[:, :, None] == nn_true[:, None, :]).any(-1).float().mean())
@@ -154,6 +160,28 @@ def evaluate_model(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tens
         out["val_within_15deg"] = float((err < math.radians(15)).float().mean())
         out["val_loss"] = out["val_mae"]
     return out
+
+
+@torch.no_grad()
+def consensus_errors(model: SiameseDistance, inputs: torch.Tensor, rot: torch.Tensor,
+                     symmetry: str = "C1") -> torch.Tensor:
+    """Each validation image's error (radians, modulo the point group) of the pose the network
+    gives it on a stack: the :func:`~.turns.consensus` of its four quarter-turned readings
+    (rotation head). Training's own figures read each image once; this is what the stack's
+    poses will look like."""
+    group = point_group(symmetry)
+    was_training = model.training
+    model.eval()
+    pose = torch.cat([consensus(*read_turned(model, inputs[k:k + 256]), group)
+                      for k in range(0, inputs.shape[0], 256)])
+    model.train(was_training)
+    return symmetric_distance(pose, rot, group)
+
+
+def consensus_metrics(errors: torch.Tensor) -> dict:
+    """The median and the share within 15° of :func:`consensus_errors`."""
+    return {"val_consensus_median_deg": float(torch.rad2deg(errors.median())),
+            "val_consensus_within_15deg": float((errors < math.radians(15)).float().mean())}
 
 
 def init_distributed() -> tuple[int, int]:
@@ -219,7 +247,8 @@ class TrainResult:
     def summary(self) -> dict:
         out = {"epochs": self.epochs, "steps": self.steps, "seconds": round(self.seconds, 1),
                "stopped_by": self.stopped_by, "weak": self.weak}
-        for k in ("val_mae", "val_median_deg", "val_within_15deg"):
+        for k in ("val_mae", "val_median_deg", "val_within_15deg", "val_consensus_median_deg",
+                  "val_consensus_within_15deg"):
             if k in self.final:
                 out[k] = self.final[k]
         return out
@@ -412,7 +441,11 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
         dist.all_gather(sums, checksum)
         in_sync = all(bool(torch.equal(sums[0], t)) for t in sums)
         dist.barrier()
-    final = history[-1] if history else {}
+    final = dict(history[-1]) if history else {}
+    turned = None
+    if final and net.config.head == "rotation":  # the validation's poses as the stack's will be read
+        turned = consensus_errors(net, *val, cfg.symmetry)
+        final.update(consensus_metrics(turned))
     weak = bool(final) and final.get("val_median_deg", 0.0) > cfg.weak_median_deg
     result = TrainResult(outdir / "model.pt", epoch, epoch * cfg.steps_per_epoch, elapsed, stopped_by, final,
                          weak, history)
@@ -421,7 +454,7 @@ def train(cfg: TrainConfig, make_sampler: Callable[[int], ReferenceSampler], val
                 "ranks_in_sync": in_sync, "train_config": json.loads(json.dumps(asdict(cfg)))}
         save_checkpoint(outdir / "model.pt", model_payload(net.cpu(), info))
         net.to(device)
-        write_training_figures(net, history, val, outdir / "figures", cfg.symmetry)
+        write_training_figures(net, history, val, outdir / "figures", cfg.symmetry, turned)
         if weak:
             log.warning("%s", result.warning(cfg.weak_median_deg))
     return result
@@ -454,10 +487,12 @@ def validation_batch(volume: torch.Tensor, imaging: ImagingModel, cfg: TrainConf
 
 
 def write_training_figures(model: SiameseDistance, history: list[dict], val: Batch, figs: Path,
-                           symmetry: str = "C1") -> None:
+                           symmetry: str = "C1", turned: torch.Tensor | None = None) -> None:
     """Training curves (loss, validation median error and MAE per epoch), predicted vs true
     distances of the validation pairs, their error by distance, and (pose head) the
-    validation images' orientation errors; modulo the point group ``symmetry``."""
+    validation images' orientation errors, one reading and, given ``turned``
+    (:func:`consensus_errors`), the consensus of the turned readings; modulo the point group
+    ``symmetry``."""
     group = point_group(symmetry)
     figs.mkdir(exist_ok=True)
     if history:
@@ -476,9 +511,8 @@ def write_training_figures(model: SiameseDistance, history: list[dict], val: Bat
     rot = val[1].cpu()
     i, j = torch.triu_indices(emb.shape[0], emb.shape[0], offset=1)
     rotation = model.config.head == "rotation" and emb.shape[1] == 9
-    pred = (symmetric_distance(emb[i].view(-1, 3, 3), emb[j].view(-1, 3, 3), group) if rotation and group.order > 1
-            else model.distance(emb[i], emb[j])).numpy()  # the cosine head learned distances modulo G
-    true = symmetric_distance(rot[i], rot[j], group).numpy()
+    dm_pred, dm_true = validation_distances(model, emb, rot, group)
+    pred, true = dm_pred[i, j].numpy(), dm_true[i, j].numpy()
     plots.hist2d(true, pred, figs / "predicted_vs_true.png", "true distance (rad)",
                  "predicted distance (rad)", title="Validation pairs")
     bins = np.linspace(0, np.pi, 13)
@@ -491,8 +525,10 @@ def write_training_figures(model: SiameseDistance, history: list[dict], val: Bat
                  figs / "error_by_distance.png", "true distance (rad)", "error (rad)",
                  title="Distance error by distance bin", hlines=[(0.0, "")])
     if rotation:
-        pose = np.rad2deg(symmetric_distance(emb.view(-1, 3, 3), rot, group).numpy())
-        med = float(np.median(pose))
-        plots.histogram([("validation images", pose)], figs / "pose_error.png",
-                        "predicted vs true orientation (degrees)", title="Validation orientation error",
-                        markers=[(med, f"median {med:.1f}°"), (15.0, "15°")])
+        series = [("one reading (training's validation)",
+                   np.rad2deg(symmetric_distance(emb.view(-1, 3, 3), rot, group).numpy()))]
+        if turned is not None:
+            series.append(("consensus of 4 quarter turns (a stack's poses)", np.rad2deg(turned.cpu().numpy())))
+        plots.histogram(series, figs / "pose_error.png", "predicted vs true orientation (degrees)",
+                        title="Validation orientation error", bins=np.linspace(0, 180, 61),
+                        markers=[(15.0, "15°")], medians="°")
