@@ -49,7 +49,7 @@ from .. import plots
 from ..config import ModelConfig, TrainConfig
 from ..errors import CryorientError
 from ..io import load_checkpoint, save_checkpoint
-from ..symmetry import point_group, symmetric_distance, symmetric_distance_matrix
+from ..symmetry import PointGroup, point_group, symmetric_distance, symmetric_distance_matrix
 from .data import ImagingModel, ReferenceSampler
 from .model import SiameseDistance, count_parameters
 from .turns import consensus, read_turned
@@ -104,7 +104,7 @@ def batch_loss(model, inputs: torch.Tensor, rot: torch.Tensor, designed: torch.T
 
 
 def validation_distances(model: SiameseDistance, emb: torch.Tensor, rot: torch.Tensor,
-                         group) -> tuple[torch.Tensor, torch.Tensor]:
+                         group: PointGroup) -> tuple[torch.Tensor, torch.Tensor]:
     """The predicted and the true distances ``(n, n)`` between all validation images, modulo the
     point group (the cosine head learned distances modulo it; the rotation head's poses are
     compared as :func:`symmetric_distance_matrix` does)."""
