@@ -112,13 +112,16 @@ def test_every_pose_hypothesis_of_a_network_is_a_candidate(volume):
 
         def propose(self, particles, volume, resolution, half, round_index):
             idx = torch.as_tensor(particles.images.local_index)  # in-memory stack: its rows
-            return Proposal(torch.stack([random[idx], truth.rotations[idx]], dim=1), 5.0, False)
+            return Proposal(torch.stack([random[idx], truth.rotations[idx]], dim=1), 5.0, False, 3.0)
 
     cfg = RefineConfig(initial_lowpass=25.0, max_rounds=1, poses="network", search_step_max_deg=12.0)
     result = refine(stack, volume, cfg, TwoHypotheses())
     shares = [dict(part.rsplit(" ", 1) for part in half.split(" + ")) for half in result.rounds[0].proposals.split("/")]
     for half in shares:  # measured: network 87% and 84% (the search the rest); the first alone is random
         assert float(half["network"].rstrip("%")) > 70.0, shares
+    # each half's proposer figures, its one-reading validation and its turns' consensus, per round
+    assert result.rounds[0].network_val_median_deg == (5.0, 5.0)
+    assert result.rounds[0].network_consensus_median_deg == (3.0, 3.0)
     # one round at 25 Å: measured 7.6° (the search alone: 27.3° after its first round,
     # test_refinement_from_a_lowpassed_reference)
     median = math.degrees(float(evaluate(result.rotations, truth.rotations).errors["rotation"].median()))

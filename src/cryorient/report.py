@@ -100,6 +100,7 @@ def _rounds_table(outdir: Path) -> str:
     cols = [("round", "round"), ("resolution_angstrom", "aligned at Å"), ("fsc_resolution_angstrom", "half maps Å"),
             ("size_px", "size px"), ("proposals", "proposals (half 1/2)"), ("search_step_deg", "search step °"),
             ("angular_change_deg", "median pose change °"), ("network_val_median_deg", "network validation °"),
+            ("network_consensus_median_deg", "its turns' consensus °"),
             ("seconds", "s")]
     out = ["<h2>Refinement rounds</h2><table id='rounds'><tr>"
            + "".join(f"<th>{html.escape(h)}</th>" for _, h in cols) + "</tr>"]

@@ -34,6 +34,7 @@ class NetworkProposal:
     rotations: torch.Tensor | None
     val_median_deg: float
     weak: bool
+    consensus_median_deg: float | None = None  # the validation read as the stack is (the turns' consensus)
 
 
 @dataclass
@@ -67,9 +68,11 @@ class NetworkProposer:
         seed = self.seed * 100 + round_index * 2 + half
         result = train_on_reference(volume, imaging, cfg, outdir, seed=seed, init=init, device=self.device)
         median = float(result.final.get("val_median_deg", math.nan))
+        consensus = result.final.get("val_consensus_median_deg")
         if result.weak:
-            return NetworkProposal(None, median, True)
+            return NetworkProposal(None, median, True, consensus)
         self.models[half] = result.model_path
         net = load_model(result.model_path).to(self.device)
-        return NetworkProposal(hypotheses_stack(net, particles, group=point_group(self.symmetry)), median, False)
+        return NetworkProposal(hypotheses_stack(net, particles, group=point_group(self.symmetry)), median, False,
+                               consensus)
 

@@ -121,6 +121,7 @@ class Proposal:
     rotations: torch.Tensor | None  # (n, K, 3, 3) in the map's frame, K >= 1 hypotheses; None: no usable proposal
     val_median_deg: float  # the proposer's own validation (median pose error)
     weak: bool  # the validation says the proposals cannot be trusted
+    consensus_median_deg: float | None = None  # its validation read as the stack is (the turns' consensus)
 
 
 class PoseProposer(Protocol):
@@ -144,6 +145,14 @@ class RoundRecord:
     angular_change_deg: float  # median change of the poses from the previous round
     seconds: float
     network_val_median_deg: tuple | None = None
+    network_consensus_median_deg: tuple | None = None  # per half: the validation read as the stack is
+
+
+def _per_half(values: list) -> tuple | None:
+    """A round's per-half proposer figures for rounds.csv (rounded), None if there are none."""
+    if all(v is None for v in values):
+        return None
+    return tuple(None if v is None else round(float(v), 2) for v in values)
 
 
 @dataclass(frozen=True)
@@ -673,7 +682,7 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
         px_s = px * box / s
         cutoff = min(0.5, px_s / res)
         new_rot, new_origins = state.rot.clone(), state.origins.clone()
-        proposals, val_medians, step = [], [], None
+        proposals, val_medians, val_consensus, step = [], [], [], None
         for h, idx in enumerate(halves):
             images = fourier_resize(stack.images.read(idx), s).to(device)
             ctf_h = subset(ctf, idx)
@@ -701,6 +710,7 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
             if cfg.poses == "network" and proposer is not None and mates is None:
                 prop = proposer.propose(stack.subset(idx), lowpass_to_resolution(state.maps[h], px, res), res, h, r)
                 val_medians.append(prop.val_median_deg)
+                val_consensus.append(prop.consensus_median_deg)
                 if not prop.weak and prop.rotations is not None:
                     for k, r_net in enumerate(prop.rotations.to(device).unbind(1)):
                         # the network gives rotations; the offsets: the current ones, or (first
@@ -768,7 +778,7 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
         state.maps = [h1, h2] if spread_step <= 0 else [
             a.rotation_averaged(local_deltas(spread_step)).finalize(cfg.wiener).cpu() for a in accs]
         records.append(RoundRecord(r, res, resolution.angstrom, s, "/".join(proposals), step, change,
-                                   time.perf_counter() - t0, tuple(val_medians) if val_medians else None))
+                                   time.perf_counter() - t0, _per_half(val_medians), _per_half(val_consensus)))
         log.info("round %d: aligned at %.1f Å (%d px, %s), half maps %.2f Å, median change %.1f°, %.0f s",
                  r, res, s, records[-1].proposals, resolution.angstrom, change, records[-1].seconds)
         state.round += 1
