@@ -54,6 +54,13 @@ def test_output_shape_range_and_symmetry(volume, head):
     assert d.shape == (6,) and (d >= 0).all() and (d <= math.pi + 1e-6).all()
     assert torch.allclose(d, model.distance(emb[6:], emb[:6]), atol=1e-6)
     assert torch.allclose(model(x[:6], x[6:]), model(x[6:], x[:6]), atol=1e-6)
+    # the dense form that validation uses is the same distance for every pair (in float64: an
+    # untrained cosine head's embeddings are nearly parallel, ~0.003 rad apart, where float32's
+    # arccos leaves both forms ~2e-4 from the exact value)
+    e64 = emb.detach().double()
+    dense = model.distance_matrix(e64[:6], e64[6:])
+    assert dense.shape == (6, 6)
+    assert torch.allclose(dense, model.distance(e64[:6, None], e64[None, 6:]), atol=1e-9)
     if head == "rotation":
         r = emb.view(-1, 3, 3)
         assert torch.allclose(r @ r.transpose(-1, -2), torch.eye(3).expand(12, 3, 3), atol=1e-5)

@@ -101,12 +101,12 @@ def histogram(values: list[tuple[str, np.ndarray]], path: str | Path, xlabel: st
     ax = fig.add_subplot()
     for label, v in values:
         v = _np(v)
+        med = float(np.median(v))
         if medians is not None:
-            label = f"{label}: median {np.median(v):.1f}{medians}"
+            label = f"{label}: median {med:.1f}{medians}"
         _, _, patches = ax.hist(v, bins=bins, alpha=0.6, label=label)
         if medians is not None:
-            ax.axvline(float(np.median(v)), color=patches[0].get_facecolor(), alpha=1.0, linestyle="--",
-                       linewidth=1.2)
+            ax.axvline(med, color=patches[0].get_facecolor(), alpha=1.0, linestyle="--", linewidth=1.2)
     for x, label in markers:
         ax.axvline(x, color="k", linestyle="--", linewidth=0.8)
         ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), ha="left", va="top", fontsize=8)

@@ -110,18 +110,15 @@ class SiameseDistance(nn.Module):
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.config.head == "rotation":
             return rotmat_distance(a.view(*a.shape[:-1], 3, 3), b.view(*b.shape[:-1], 3, 3))
-        eps = 1e-7
-        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8).clamp(eps, 1 - eps)
-        return 2.0 * torch.arccos(cos)
+        return _cosine_distance(nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8))
 
     def distance_matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``(n, m)`` :meth:`distance` between every embedding of ``a (n, E)`` and of ``b (m, E)``
         (dense products, not ``n m`` gathered pairs)."""
         if self.config.head == "rotation":
             return rotmat_distance_matrix(a.view(-1, 3, 3), b.view(-1, 3, 3))
-        eps = 1e-7
-        cos = (nn.functional.normalize(a, dim=-1, eps=1e-8) @ nn.functional.normalize(b, dim=-1, eps=1e-8).T)
-        return 2.0 * torch.arccos(cos.clamp(eps, 1 - eps))
+        unit_a, unit_b = (nn.functional.normalize(e, dim=-1, eps=1e-8) for e in (a, b))
+        return _cosine_distance(unit_a @ unit_b.T)
 
     def forward(self, images: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         """Raw head outputs of ``images`` (what training needs); with ``other``, the distances
@@ -129,6 +126,12 @@ class SiameseDistance(nn.Module):
         if other is None:
             return self.raw(images)
         return self.distance(self.embed(images), self.embed(other))
+
+
+def _cosine_distance(cos: torch.Tensor) -> torch.Tensor:
+    """The cosine head's distance ``2 arccos(cos)``, the cosine kept inside (0, 1) (finite gradients)."""
+    eps = 1e-7
+    return 2.0 * torch.arccos(cos.clamp(eps, 1 - eps))
 
 
 def count_parameters(model: nn.Module, trainable: bool = False) -> int:
