@@ -45,7 +45,7 @@ from ..ctf import subset
 from ..fourier import fourier_resize, fourier_resize_volume
 from ..imaging.accumulator import FourierAccumulator
 from ..imaging.projector import prepare_volume
-from ..imaging.search import band, reference_spectra, score_poses, shift_grid
+from ..imaging.search import BandReferences, band, reference_spectra, score_poses, shift_grid
 from ..particles import ParticleStack
 from ..so3 import grid as so3_grid
 from ..so3 import sample_rotations
@@ -199,6 +199,7 @@ def _one_run(images: torch.Tensor, ctf, px_s: float, cfg: AbInitioConfig, search
 def _mean_best_score(images: torch.Tensor, ctf, px_s: float, vol: torch.Tensor, cfg: AbInitioConfig,
                      search: _Search) -> float:
     refs, m, w = search.spectra(vol.to(search.grid.device), px_s, cfg.final_resolution)
+    refs = BandReferences.of(refs)
     best = []
     for lo in range(0, images.shape[0], 128):
         sl = slice(lo, lo + 128)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..fourier import irfft2_centered
+from ..fourier import irfft2_centered, rfft_freqs_2d
 
 
 @dataclass(frozen=True)
@@ -58,23 +58,26 @@ def prepare_volume(volume: torch.Tensor, pad_factor: int = 2) -> PreparedVolume:
     return PreparedVolume(pairs=pairs.reshape(-1, 2, 2), box=box, padded=padded)
 
 
-def _slice_coordinates(box: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """In-plane frequencies (cycles/px) of the rfft grid inside the Nyquist circle."""
-    ky = torch.fft.fftfreq(box, dtype=dtype, device=device)
-    kx = torch.fft.rfftfreq(box, dtype=dtype, device=device)
-    kyy, kxx = torch.meshgrid(ky, kx, indexing="ij")
-    mask = kxx**2 + kyy**2 < 0.25
-    return torch.stack([kxx[mask], kyy[mask]], dim=0), mask
+def _nyquist_disc(box: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frequencies ``(ky, kx)`` (cycles/px) of the rfft grid and its mask inside the Nyquist circle."""
+    ky, kx = rfft_freqs_2d(box, dtype=dtype, device=device)
+    return ky, kx, kx**2 + ky**2 < 0.25
 
 
-def project_spectra(prepared: PreparedVolume, rotmats: torch.Tensor) -> torch.Tensor:
-    """Central slices ``(B, D, D//2+1)``: the centred rfft2 of the projections along ``rotmats``.
+def slice_values(prepared: PreparedVolume, rotmats: torch.Tensor, mask: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Values ``(B, K)`` of the central slices along ``rotmats`` at the frequencies of the
+    ``(D, D//2+1)`` rfft grid where ``mask`` holds (default: inside the Nyquist circle), in
+    the grid's row-major order; zero at and beyond Nyquist. A search's band of frequencies is
+    sampled alone this way: at a coarse resolution it is a fifth of the slice.
 
     ``rotmats (B, 3, 3)`` map detector xyz to volume xyz (see :mod:`cryorient.conventions`).
     """
     box, padded = prepared.box, prepared.padded
     table = prepared.pairs
-    pts, mask = _slice_coordinates(box, table.dtype, table.device)
+    ky, kx, inside = _nyquist_disc(box, table.dtype, table.device)
+    sel = inside if mask is None else mask & inside
+    pts = torch.stack([kx[sel], ky[sel]], dim=0)
     q = padded + 1
     coords = rotmats.to(table.dtype)[:, :, :2] @ (pts * padded) + padded // 2  # (B, 3, n) xyz
     c0 = coords.floor()
@@ -90,8 +93,23 @@ def project_spectra(prepared: PreparedVolume, rotmats: torch.Tensor) -> torch.Te
     lo = torch.lerp(along_x(0), along_x(q), fy)
     hi = torch.lerp(along_x(q * q), along_x(q * q + q), fy)
     values = torch.view_as_complex(torch.lerp(lo, hi, fz).contiguous())
+    if mask is None or bool(inside[mask].all()):
+        return values
+    out = torch.zeros(rotmats.shape[0], int(mask.sum()), dtype=values.dtype, device=table.device)
+    out[:, inside[mask]] = values
+    return out
+
+
+def project_spectra(prepared: PreparedVolume, rotmats: torch.Tensor) -> torch.Tensor:
+    """Central slices ``(B, D, D//2+1)``: the centred rfft2 of the projections along ``rotmats``.
+
+    ``rotmats (B, 3, 3)`` map detector xyz to volume xyz (see :mod:`cryorient.conventions`).
+    """
+    box, table = prepared.box, prepared.pairs
+    inside = _nyquist_disc(box, table.dtype, table.device)[2]
+    values = slice_values(prepared, rotmats)
     out = torch.zeros(rotmats.shape[0], box, box // 2 + 1, dtype=values.dtype, device=table.device)
-    out[:, mask] = values
+    out[:, inside] = values
     return out
 
 
