@@ -45,6 +45,17 @@ def phase_shift_spectra(spectra: torch.Tensor, shifts_px: torch.Tensor, box: int
     return spectra * (ramp_y[..., :, None] * ramp_x[..., None, :])
 
 
+def phase_ramps(shifts_px: torch.Tensor, box: int, mask: torch.Tensor) -> torch.Tensor:
+    """Phase ramps ``exp(-2 pi i k.t)`` of translations ``(T, 2)`` (x, y) pixels at the
+    frequencies of the ``(D, D//2+1)`` rfft grid where ``mask`` holds: ``(T, K)``, the factors
+    :func:`phase_shift_spectra` applies there."""
+    ky, kx = rfft_freqs_2d(box, dtype=torch.float32, device=mask.device)
+    kx, ky = kx[mask], ky[mask]
+    shifts = shifts_px.to(device=mask.device, dtype=torch.float32)
+    phase = -2 * math.pi * (shifts[:, :1] * kx + shifts[:, 1:] * ky)
+    return torch.polar(torch.ones_like(phase), phase)
+
+
 def shift_images(images: torch.Tensor, shifts_px: torch.Tensor) -> torch.Tensor:
     """Translate images ``(..., D, D)`` by sub-pixel shifts ``(..., 2)`` (x, y) in pixels."""
     box = images.shape[-1]

@@ -24,12 +24,12 @@ import roma
 import torch
 
 from ..config import LocalRefineConfig
-from ..ctf import CTFParams, subset
-from ..fourier import lowpass_images, lowpass_volume
+from ..ctf import CTFParams, ctf_rfft, subset
+from ..fourier import lowpass_images, lowpass_volume, phase_ramps, raised_cosine, rfft2_centered, rfft_freqs_2d
 from ..particles import ParticleStack
 from .accumulator import half_accumulators
 from .batches import Batch, stack_batches
-from .projector import PreparedVolume, prepare_volume
+from .projector import PreparedVolume, prepare_volume, slice_values
 from .render import render
 from .translation import translation
 
@@ -53,28 +53,53 @@ def half_maps(make_batches: Callable[[np.ndarray], object], halves: tuple[np.nda
     return maps
 
 
+def _ncc_band(box: int, cutoff: float | None, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The frequencies :func:`rotation_step`'s NCC runs over (``0 < |k| <= cutoff``, or all but
+    the mean), their Friedel weights (1 on the kx = 0 and Nyquist columns, 2 elsewhere: each
+    other rfft coefficient stands for itself and its conjugate) and the low-pass filter of
+    :func:`~cryorient.fourier.lowpass_images` there."""
+    ky, kx = rfft_freqs_2d(box, device=device)
+    k = torch.sqrt(kx**2 + ky**2)
+    mask = (k > 0) if cutoff is None else (k > 0) & (k <= cutoff)
+    own = (kx[mask] == 0) | ((box % 2 == 0) & (kx[mask] == 0.5))
+    weights = torch.where(own, 1.0, 2.0)
+    filt = torch.ones_like(weights) if cutoff is None else raised_cosine(k[mask], cutoff, 0.15 * cutoff)
+    return mask, weights, filt
+
+
 def rotation_step(images: torch.Tensor, ctf: CTFParams | None, maps: list[PreparedVolume],
                   which: np.ndarray, rotations: torch.Tensor, origins_px: torch.Tensor, pixel_size: float,
                   steps: int, lr_deg: float, cutoff: float | None = None, shared: bool = False
                   ) -> torch.Tensor:
     """The small rotations ``exp(w)`` (``(B, 3, 3)``, or one ``(3, 3)`` with ``shared``) that
     maximise the NCC of ``images`` with reprojections of ``maps[which[k]]`` along
-    ``rotations @ exp(w)``, shifted by ``-origins_px`` (both low-passed at ``cutoff``)."""
-    n = images.shape[0]
-    groups = [(np.nonzero(which == m)[0], m) for m in range(len(maps))]
+    ``rotations @ exp(w)``, shifted by ``-origins_px`` and low-passed at ``cutoff`` (the
+    images arrive low-passed).
+
+    The NCC is :func:`ncc` of the rendered, low-passed reprojection, computed by Parseval in
+    Fourier space over the band the low-pass leaves (the mean, k = 0, excluded as :func:`ncc`
+    subtracts it): the images' spectra, CTFs and phase ramps are made once, and each step
+    samples only the band of the central slices, with no inverse transform."""
+    n, box = images.shape[0], images.shape[-1]
+    mask, weights, filt = _ncc_band(box, cutoff, images.device)
+    x = rfft2_centered(images.float())[:, mask]  # (B, K)
+    # the reprojection's factors other than the slice: CTF, the shift to -origin, the low-pass
+    factor = filt * phase_ramps(-origins_px, box, mask)
+    if ctf is not None:
+        factor = factor * ctf_rfft(ctf, box, pixel_size, device=images.device)[:, mask]
+    x_power = (weights * x.abs() ** 2).sum(-1)  # (B,)
+    groups = [(torch.as_tensor(sel, device=images.device), m)
+              for m in range(len(maps)) if len(sel := np.nonzero(which == m)[0])]
     w = torch.zeros(1 if shared else n, 3, requires_grad=True, device=images.device)
     opt = torch.optim.Adam([w], lr=math.radians(lr_deg))
     for _ in range(steps):
         r_new = rotations @ roma.rotvec_to_rotmat(w.expand(n, 3) if shared else w)
         score = 0.0
-        for sel, m in groups:
-            if len(sel) == 0:
-                continue
-            t = torch.as_tensor(sel, device=images.device)
-            proj = render(maps[m], r_new[t], -origins_px[t], subset(ctf, sel), pixel_size)
-            if cutoff is not None:
-                proj = lowpass_images(proj, cutoff)
-            score = score + ncc(images[t], proj).sum()
+        for t, m in groups:
+            y = slice_values(maps[m], r_new[t], mask) * factor[t]
+            num = (weights * (x[t].conj() * y).real).sum(-1)
+            y_power = (weights * (y.real**2 + y.imag**2)).sum(-1)
+            score = score + (num / (x_power[t] * y_power).sqrt().clamp_min(1e-12 * box**2)).sum()
         opt.zero_grad()
         (-score / n).backward()
         opt.step()

@@ -27,7 +27,7 @@ import roma
 import torch
 
 from ..ctf import CTFParams, ctf_rfft, subset
-from ..fourier import rfft2_centered, rfft_freqs_2d, shift_images
+from ..fourier import phase_ramps, rfft2_centered, rfft_freqs_2d, shift_images
 from ..imaging.projector import PreparedVolume, slice_values
 
 
@@ -55,14 +55,6 @@ def shift_grid(max_px: float, step_px: float = 1.0) -> torch.Tensor:
     yy, xx = torch.meshgrid(c, c, indexing="ij")
     pts = torch.stack([xx.flatten(), yy.flatten()], dim=1)
     return pts[pts.norm(dim=1) <= max_px + 1e-6]
-
-
-def _ramps(shifts: torch.Tensor, box: int, mask: torch.Tensor) -> torch.Tensor:
-    """Phase ramps ``exp(-2 pi i k.t)`` of translations ``(T, 2)`` on the band: ``(T, K)``."""
-    ky, kx = rfft_freqs_2d(box, dtype=torch.float32, device=mask.device)
-    kx, ky = kx[mask], ky[mask]
-    phase = -2 * math.pi * (shifts[:, :1].to(mask.device) * kx + shifts[:, 1:].to(mask.device) * ky)
-    return torch.polar(torch.ones_like(phase), phase)
 
 
 def reference_spectra(prepared: PreparedVolume, rotations: torch.Tensor, mask: torch.Tensor,
@@ -99,7 +91,7 @@ def score_poses(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float,
     c = (ctf_rfft(ctf, box, pixel_size, device=x.device)[:, mask] if ctf is not None
          else torch.ones(x.shape, device=x.device))
     x_norm = (weights * x.abs() ** 2).sum(-1).sqrt()  # (B,)
-    ramps = _ramps(shifts, box, mask)  # (T, K)
+    ramps = phase_ramps(shifts, box, mask)  # (T, K)
     # A_bt = w conj(X_b) C_b S_t ; numerator = Re(A P^T)
     a = (weights * x.conj() * c)[:, None, :] * ramps[None]  # (B, T, K)
     wcc = weights * c * c  # (B, K)
@@ -118,16 +110,16 @@ def score_poses(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float,
 
 def _best(scores: torch.Tensor, k_real: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Of scores ``(B, T, M)``: the best translation and pose indices, the best score and its
-    posterior mass (see the module docstring)."""
-    flat = scores.reshape(scores.shape[0], -1)
+    posterior mass (see the module docstring). Overwrites ``scores``."""
+    flat = scores.view(scores.shape[0], -1)
     top, idx = flat.max(dim=1)
     m = scores.shape[-1]
     # the largest softmax entry of z = K ncc+^2 / 2 is 1 / sum exp(z - z_max); z_max is at the
-    # top. In place on one copy (the scores of a global search are hundreds of MB), and clamped
-    # at -80 (a term of e^-80 changes no sum of 1e9 of them in float32): below about -87 exp
-    # leaves its vector path and runs ~15x slower (measured 60 against 900 M/s on one core)
+    # top. In place (the scores of a global search are hundreds of MB), and clamped at -80 (a
+    # term of e^-80 changes no sum of 1e9 of them in float32): below about -87 exp leaves its
+    # vector path and runs ~15x slower (measured 60 against 900 M/s on one core)
     z_top = 0.5 * k_real * top.clamp_min(0) ** 2
-    z = flat.clamp_min(0).square_().mul_(0.5 * k_real).sub_(z_top[:, None]).clamp_min_(-80.0)
+    z = flat.clamp_min_(0).square_().mul_(0.5 * k_real).sub_(z_top[:, None]).clamp_min_(-80.0)
     conf = z.exp_().sum(1).reciprocal_()
     return idx // m, idx % m, top, conf
 
