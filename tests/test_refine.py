@@ -47,6 +47,35 @@ def test_global_search_finds_clean_poses(volume):
     assert float(found.confidence.median()) > 0.5  # clean images: one pose stands out
 
 
+def test_the_band_comparison_is_the_ncc_of_rendered_images(volume):
+    """The local refinement's score by Parseval over the band (``BandComparison``) is ``ncc``
+    of the rendered, shifted, CTF-modulated and low-passed reprojection with the low-passed
+    image; and a band's central-slice values are the projection's spectrum there, Nyquist
+    included (zero)."""
+    from cryorient.fourier import lowpass_images
+    from cryorient.imaging.align import BandComparison, ncc
+    from cryorient.imaging.projector import project_spectra, slice_values
+    from cryorient.imaging.render import render
+    from cryorient.imaging.search import band
+
+    stack, truth = _stack(volume, 50, 1.0)
+    prepared = prepare_volume(volume)
+    g = torch.Generator().manual_seed(7)
+    poses = truth.rotations @ roma.rotvec_to_rotmat(0.3 * torch.randn(50, 3, generator=g))  # 0-40° off
+    origins = -truth.shifts_px + 0.5 * torch.randn(50, 2, generator=g)
+    rows = torch.arange(50)
+    for cutoff in (0.3, None):
+        images = stack.images.read() if cutoff is None else lowpass_images(stack.images.read(), cutoff)
+        proj = render(prepared, poses, -origins, stack.ctf(), PX)
+        expected = ncc(images, proj if cutoff is None else lowpass_images(proj, cutoff))
+        got = BandComparison(images, stack.ctf(), origins, PX, cutoff).ncc(prepared, poses, rows)
+        assert float(expected.std()) > 0.05  # scores that differ between the images
+        assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()  # measured 1.5e-7, 1.8e-7
+    mask, _ = band(BOX, 0.5)  # the band's rim reaches Nyquist, where the slice is zero
+    full = project_spectra(prepared, poses)
+    assert torch.equal(slice_values(prepared, poses, mask), full[:, mask])
+
+
 def test_local_search_corrects_poses_within_its_radius(volume):
     """Poses 8-12° off, clean centred images: the search of the 15° about each (3° lattice)
     brings them back to the lattice's precision; the true pose itself stays put."""

@@ -53,18 +53,41 @@ def half_maps(make_batches: Callable[[np.ndarray], object], halves: tuple[np.nda
     return maps
 
 
-def _ncc_band(box: int, cutoff: float | None, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The frequencies :func:`rotation_step`'s NCC runs over (``0 < |k| <= cutoff``, or all but
-    the mean), their Friedel weights (1 on the kx = 0 and Nyquist columns, 2 elsewhere: each
-    other rfft coefficient stands for itself and its conjugate) and the low-pass filter of
-    :func:`~cryorient.fourier.lowpass_images` there."""
-    ky, kx = rfft_freqs_2d(box, device=device)
-    k = torch.sqrt(kx**2 + ky**2)
-    mask = (k > 0) if cutoff is None else (k > 0) & (k <= cutoff)
-    own = (kx[mask] == 0) | ((box % 2 == 0) & (kx[mask] == 0.5))
-    weights = torch.where(own, 1.0, 2.0)
-    filt = torch.ones_like(weights) if cutoff is None else raised_cosine(k[mask], cutoff, 0.15 * cutoff)
-    return mask, weights, filt
+class BandComparison:
+    """Images ``(B, S, S)`` ready to be compared with reprojections by :func:`ncc`, by Parseval
+    in Fourier space: the reprojection along each image's rotation, times its CTF, shifted by
+    ``-origins_px`` and low-passed at ``cutoff`` (as :func:`~cryorient.fourier.lowpass_images`;
+    the images arrive low-passed). Only the band the low-pass leaves counts, ``0 < |k| <=
+    cutoff`` (all but the mean without one; the mean is excluded as :func:`ncc` subtracts it),
+    each rfft coefficient with its Friedel weight (1 on the kx = 0 and Nyquist columns, 2
+    elsewhere: it stands for itself and its conjugate). The images' spectra, CTFs and phase
+    ramps are made once; a comparison samples the band of the central slices, with no inverse
+    transform."""
+
+    def __init__(self, images: torch.Tensor, ctf: CTFParams | None, origins_px: torch.Tensor, pixel_size: float,
+                 cutoff: float | None = None):
+        box = images.shape[-1]
+        ky, kx = rfft_freqs_2d(box, device=images.device)
+        k = torch.sqrt(kx**2 + ky**2)
+        self.mask = (k > 0) if cutoff is None else (k > 0) & (k <= cutoff)
+        own = (kx[self.mask] == 0) | ((box % 2 == 0) & (kx[self.mask] == 0.5))
+        self.weights = torch.where(own, 1.0, 2.0)
+        self.x = rfft2_centered(images.float())[:, self.mask]  # (B, K)
+        self.x_power = (self.weights * self.x.abs() ** 2).sum(-1)  # (B,)
+        # the reprojection's factors other than the slice: the shift to -origin, the low-pass, the CTF
+        self.factor = phase_ramps(-origins_px, box, self.mask)
+        if cutoff is not None:
+            self.factor = self.factor * raised_cosine(k[self.mask], cutoff, 0.15 * cutoff)
+        if ctf is not None:
+            self.factor = self.factor * ctf_rfft(ctf, box, pixel_size, device=images.device)[:, self.mask]
+        self.eps = 1e-12 * box**2  # ncc's floor on the product of the norms, in these units
+
+    def ncc(self, prepared: PreparedVolume, rotations: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """:func:`ncc` of images ``rows`` with their reprojections along ``rotations`` (one per row)."""
+        y = slice_values(prepared, rotations, self.mask) * self.factor[rows]
+        num = (self.weights * (self.x[rows].conj() * y).real).sum(-1)
+        y_power = (self.weights * (y.real**2 + y.imag**2)).sum(-1)
+        return num / (self.x_power[rows] * y_power).sqrt().clamp_min(self.eps)
 
 
 def rotation_step(images: torch.Tensor, ctf: CTFParams | None, maps: list[PreparedVolume],
@@ -74,32 +97,16 @@ def rotation_step(images: torch.Tensor, ctf: CTFParams | None, maps: list[Prepar
     """The small rotations ``exp(w)`` (``(B, 3, 3)``, or one ``(3, 3)`` with ``shared``) that
     maximise the NCC of ``images`` with reprojections of ``maps[which[k]]`` along
     ``rotations @ exp(w)``, shifted by ``-origins_px`` and low-passed at ``cutoff`` (the
-    images arrive low-passed).
-
-    The NCC is :func:`ncc` of the rendered, low-passed reprojection, computed by Parseval in
-    Fourier space over the band the low-pass leaves (the mean, k = 0, excluded as :func:`ncc`
-    subtracts it): the images' spectra, CTFs and phase ramps are made once, and each step
-    samples only the band of the central slices, with no inverse transform."""
-    n, box = images.shape[0], images.shape[-1]
-    mask, weights, filt = _ncc_band(box, cutoff, images.device)
-    x = rfft2_centered(images.float())[:, mask]  # (B, K)
-    # the reprojection's factors other than the slice: CTF, the shift to -origin, the low-pass
-    factor = filt * phase_ramps(-origins_px, box, mask)
-    if ctf is not None:
-        factor = factor * ctf_rfft(ctf, box, pixel_size, device=images.device)[:, mask]
-    x_power = (weights * x.abs() ** 2).sum(-1)  # (B,)
+    images arrive low-passed), by Adam on ``w`` (:class:`BandComparison`)."""
+    n = images.shape[0]
+    compare = BandComparison(images, ctf, origins_px, pixel_size, cutoff)
     groups = [(torch.as_tensor(sel, device=images.device), m)
               for m in range(len(maps)) if len(sel := np.nonzero(which == m)[0])]
     w = torch.zeros(1 if shared else n, 3, requires_grad=True, device=images.device)
     opt = torch.optim.Adam([w], lr=math.radians(lr_deg))
     for _ in range(steps):
         r_new = rotations @ roma.rotvec_to_rotmat(w.expand(n, 3) if shared else w)
-        score = 0.0
-        for t, m in groups:
-            y = slice_values(maps[m], r_new[t], mask) * factor[t]
-            num = (weights * (x[t].conj() * y).real).sum(-1)
-            y_power = (weights * (y.real**2 + y.imag**2)).sum(-1)
-            score = score + (num / (x_power[t] * y_power).sqrt().clamp_min(1e-12 * box**2)).sum()
+        score = sum(compare.ncc(maps[m], r_new[t], t).sum() for t, m in groups)
         opt.zero_grad()
         (-score / n).backward()
         opt.step()
