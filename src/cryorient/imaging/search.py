@@ -126,34 +126,46 @@ def _best(scores: torch.Tensor, k_real: float) -> tuple[torch.Tensor, torch.Tens
 
 def global_search(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared: PreparedVolume,
                   grid: torch.Tensor, cutoff: float, max_shift_px: float, shift_step_px: float = 1.0,
-                  origins_px: torch.Tensor | None = None, chunk: int = 128) -> SearchResult:
+                  origins_px: torch.Tensor | None = None, chunk: int = 128, deltas: torch.Tensor | None = None,
+                  keep: int = 8) -> SearchResult:
     """The best grid pose of each image ``(N, S, S)`` against the map (``prepared`` at the same
     size and pixel size), with translations up to ``max_shift_px`` (see the module docstring)
     about the current ``origins_px`` (RELION origins in pixels; default none). The returned
-    shifts are the total displacement of the content (the new origin is minus it)."""
+    shifts are the total displacement of the content (the new origin is minus it).
+
+    With ``deltas`` (a lattice of small rotations, :func:`local_grid`) the grid is a coarse
+    one: each image's ``keep`` best grid rotations (each at its best translation) are searched
+    again on their neighbourhoods ``R @ deltas``, and the best of those candidates wins (as
+    RELION's adaptive oversampling, with a fixed number of coarse poses instead of a share of
+    the posterior); the confidence is then the posterior over those candidates."""
     device = prepared.pairs.device
     box = images.shape[-1]
     mask, weights = band(box, cutoff, device)
+    grid = grid.to(device)
     refs = BandReferences.of(reference_spectra(prepared, grid, mask))
     shifts = shift_grid(max_shift_px, shift_step_px).to(device)
     k_real = float(weights.sum())
     n = images.shape[0]
-    best_rot = torch.empty(n, 3, 3)
-    best_shift = torch.empty(n, 2)
-    best_score = torch.empty(n)
-    conf = torch.empty(n)
+    out = SearchResult(torch.empty(n, 3, 3), torch.empty(n, 2), torch.empty(n), torch.empty(n))
     for lo in range(0, n, chunk):
         sl = slice(lo, min(lo + chunk, n))
         batch = images[sl].to(device)
         if origins_px is not None:  # centre each particle where its current origin puts it
             batch = shift_images(batch, origins_px[sl].to(device))
         s = score_poses(batch, subset(ctf, sl), pixel_size, refs, shifts, mask, weights)
+        if deltas is None:
+            cand = grid.expand(batch.shape[0], -1, 3, 3)
+        else:
+            picks = s.amax(dim=1).topk(min(keep, grid.shape[0]), dim=1).indices  # (B, keep)
+            cand = (grid[picks][:, :, None] @ deltas.to(device)[None, None]).flatten(1, 2)  # (B, keep J, 3, 3)
+            fine = reference_spectra(prepared, cand.reshape(-1, 3, 3), mask).view(*cand.shape[:2], -1)
+            s = score_poses(batch, subset(ctf, sl), pixel_size, fine, shifts, mask, weights)
         t, m, top, c = _best(s, k_real)
-        best_rot[sl] = grid[m.cpu()]
-        best_shift[sl] = shifts[t].cpu() - (0 if origins_px is None else origins_px[sl].cpu())
-        best_score[sl] = top.cpu()
-        conf[sl] = c.cpu()
-    return SearchResult(best_rot, best_shift, best_score, conf)
+        out.rotations[sl] = cand[torch.arange(cand.shape[0], device=device), m].cpu()
+        out.shifts_px[sl] = shifts[t].cpu() - (0 if origins_px is None else origins_px[sl].cpu())
+        out.scores[sl] = top.cpu()
+        out.confidence[sl] = c.cpu()
+    return out
 
 
 def local_grid(radius_deg: float, step_deg: float) -> torch.Tensor:

@@ -5,7 +5,8 @@ the particles' own structure, with two independent half sets.
       map       V_h low-passed at the current resolution, resampled so that Nyquist sits just
                 above it (the images too: the work shrinks with the resolution)
       proposals candidates for each particle's pose: its previous pose; the global search on an
-                orientation grid (while the resolution is coarser than ``search_until_angstrom``);
+                orientation grid (while the resolution is coarser than ``search_until_angstrom``;
+                coarse to fine once its step is at most half the coarsest, :func:`search_grids`);
                 with ``poses="network"``, a network trained (first round) or fine-tuned (later)
                 on projections of that map made like the particles (each of its pose
                 hypotheses a candidate), unless its validation says it cannot be trusted. The
@@ -109,6 +110,9 @@ CROSS_CHECK_SPLIT_SHARE = 0.1
 # 0.48 at N = 2000 but 0.536 at N = 5000 (a cleaner map of a globular protein of similar size
 # agrees more at 40 Å), which passed the former 0.5; pure noise 0.18-0.21.
 MATCH_FSC = 0.65
+# The coarse-to-fine global search (search_grids): each image's this many best poses on a grid
+# of twice the step are searched again on a lattice of the step about them
+COARSE_KEEP = 8
 # A start made from the particles is low-passed to this (or to ``initial_lowpass`` if finer),
 # whatever the reference is trusted to: the ab initio map is good to about 18 Å. Started at
 # 60 Å, because the reference was a 60 Å map, the loop lost its first rounds and settled at
@@ -330,6 +334,17 @@ def search_step(resolution: float, radius_angstrom: float, cfg: RefineConfig) ->
     """Angular step (degrees) that moves the particle's rim by about the resolution / 2."""
     step = math.degrees(resolution / (2 * radius_angstrom))
     return min(cfg.search_step_max_deg, max(cfg.search_step_min_deg, step))
+
+
+def search_grids(step: float, cfg: RefineConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The global search's grid for an angular ``step`` (degrees), and the lattice its best
+    poses are searched again on (None: the grid is searched alone). A step at most half
+    ``search_step_max_deg`` is searched coarse to fine: a grid of twice the step (never coarser
+    than the first rounds'), then the 3 x 3 x 3 lattice of the step (:func:`local_deltas`) about
+    each image's :data:`COARSE_KEEP` best coarse poses (:func:`global_search`)."""
+    if 2 * step > cfg.search_step_max_deg:
+        return so3_grid(step), None
+    return so3_grid(2 * step), local_deltas(step)
 
 
 def _score_pose(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
@@ -701,11 +716,14 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
                 # the first search looks for the particles' offsets too; later ones around the
                 # current origins
                 window = cfg.max_shift_fraction * s if not state.have_poses else 1.5
-                grid = so3_grid(step)
+                # a step at most half the coarsest: a grid of twice the step, then each image's
+                # best coarse poses on a lattice of the step about them (search_grids)
+                grid, deltas = search_grids(step, cfg)
                 if ops is not None:  # the maps are symmetric: one asymmetric unit holds every view
                     grid = grid[asymmetric_unit(grid, ops, math.radians(step / 4))]
                 found = global_search(images, ctf_h, px_s, prepared, grid.to(device), cutoff, window,
-                                      origins_px=o_h if state.have_poses else None)
+                                      origins_px=o_h if state.have_poses else None, deltas=deltas,
+                                      keep=COARSE_KEEP)
                 candidates["search"] = (found.rotations.to(device), -found.shifts_px.to(device))
             if cfg.poses == "network" and proposer is not None and mates is None:
                 prop = proposer.propose(stack.subset(idx), lowpass_to_resolution(state.maps[h], px, res), res, h, r)
