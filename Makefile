@@ -33,7 +33,7 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 
 test: setup system-deps lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 demo: setup
 	$(BIN)/cryorient demo --outdir runs/demo --overwrite
