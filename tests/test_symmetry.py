@@ -147,7 +147,8 @@ def test_refinement_of_a_c4_ring(tetramer):
     result = refine(stack, tetramer, RefineConfig(initial_lowpass=25.0, max_rounds=4, symmetry="C4"))
     err = symmetric_distance(result.rotations.double(), truth.rotations.double(), point_group("C4"))
     median = math.degrees(float(err.median()))
-    assert median < 4.0, median  # measured 1.45 (C1 refinement of the same stack: 1.85 modulo C4)
+    # measured 1.57 (1.45 with the exhaustive search; C1 refinement of the same stack: 1.85 modulo C4)
+    assert median < 4.0, median
     assert result.signal
 
 

@@ -336,15 +336,21 @@ def search_step(resolution: float, radius_angstrom: float, cfg: RefineConfig) ->
     return min(cfg.search_step_max_deg, max(cfg.search_step_min_deg, step))
 
 
-def search_grids(step: float, cfg: RefineConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+def search_grids(step: float, cfg: RefineConfig, ops: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The global search's grid for an angular ``step`` (degrees), and the lattice its best
     poses are searched again on (None: the grid is searched alone). A step at most half
     ``search_step_max_deg`` is searched coarse to fine: a grid of twice the step (never coarser
     than the first rounds'), then the 3 x 3 x 3 lattice of the step (:func:`local_deltas`) about
-    each image's :data:`COARSE_KEEP` best coarse poses (:func:`global_search`)."""
-    if 2 * step > cfg.search_step_max_deg:
-        return so3_grid(step), None
-    return so3_grid(2 * step), local_deltas(step)
+    each image's :data:`COARSE_KEEP` best coarse poses (:func:`global_search`). With a point
+    group's ``ops`` (symmetric maps), the grid keeps one asymmetric unit, which holds every view,
+    widened by a quarter of its own step."""
+    coarse = 2 * step <= cfg.search_step_max_deg
+    grid_step = 2 * step if coarse else step
+    grid = so3_grid(grid_step)
+    if ops is not None:
+        grid = grid[asymmetric_unit(grid, ops, math.radians(grid_step / 4))]
+    return grid, (local_deltas(step) if coarse else None)
 
 
 def _score_pose(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
@@ -718,9 +724,7 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
                 window = cfg.max_shift_fraction * s if not state.have_poses else 1.5
                 # a step at most half the coarsest: a grid of twice the step, then each image's
                 # best coarse poses on a lattice of the step about them (search_grids)
-                grid, deltas = search_grids(step, cfg)
-                if ops is not None:  # the maps are symmetric: one asymmetric unit holds every view
-                    grid = grid[asymmetric_unit(grid, ops, math.radians(step / 4))]
+                grid, deltas = search_grids(step, cfg, ops)
                 found = global_search(images, ctf_h, px_s, prepared, grid.to(device), cutoff, window,
                                       origins_px=o_h if state.have_poses else None, deltas=deltas,
                                       keep=COARSE_KEEP)
