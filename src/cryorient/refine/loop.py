@@ -59,7 +59,7 @@ from ..conventions import hand_matrix
 from ..ctf import CTFParams, subset
 from ..fourier import fourier_resize, fourier_resize_volume, lowpass_images
 from ..imaging.accumulator import FourierAccumulator, half_accumulators
-from ..imaging.align import refine_poses
+from ..imaging.align import BandComparison, refine_poses
 from ..imaging.batches import stack_batches
 from ..imaging.projector import prepare_volume
 from ..imaging.render import render
@@ -355,14 +355,15 @@ def search_grids(step: float, cfg: RefineConfig, ops: torch.Tensor | None = None
 
 def _score_pose(images: torch.Tensor, ctf: CTFParams | None, pixel_size: float, prepared,
                 rotations: torch.Tensor, origins_px: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """NCC of each image with its reprojection at the given pose (both low-passed)."""
-    from ..imaging.align import ncc
-
-    out = torch.empty(images.shape[0])
-    for lo in range(0, images.shape[0], 1024):
-        sl = slice(lo, lo + 1024)
-        proj = render(prepared, rotations[sl], -origins_px[sl], subset(ctf, sl), pixel_size)
-        out[sl] = ncc(lowpass_images(images[sl], cutoff), lowpass_images(proj, cutoff)).cpu()
+    """NCC of each image with its reprojection at the given pose (both low-passed), by
+    :class:`~cryorient.imaging.align.BandComparison`."""
+    n = images.shape[0]
+    compare = BandComparison(lowpass_images(images, cutoff), ctf, origins_px, pixel_size, cutoff)
+    out = torch.empty(n)
+    with torch.no_grad():
+        for lo in range(0, n, 1024):
+            rows = torch.arange(lo, min(lo + 1024, n), device=images.device)
+            out[lo:lo + len(rows)] = compare.ncc(prepared, rotations[rows], rows).cpu()
     return out
 
 
