@@ -119,14 +119,15 @@ class FourierAccumulator:
         out = torch.zeros_like(self.data)
         rows = torch.nonzero(inside).flatten()
         rotations = rotations.to(self.data)
-        for lo in range(0, k.shape[0], 1 << 18):  # chunks of points bound the memory
-            pts = k[lo:lo + (1 << 18)]
+        chunk = 1 << 18  # points at a time: bounds the memory
+        for lo in range(0, k.shape[0], chunk):
+            pts = k[lo:lo + chunk]
             total = torch.zeros(3, pts.shape[0], dtype=self.data.dtype, device=self.data.device)
             for rot in rotations:
                 # the value at k comes from rot^T k; grid_sample's coordinates run over [-1, 1]
                 total += torch.nn.functional.grid_sample(grid, (pts @ rot / box)[None, None, None], mode="bilinear",
                                                          padding_mode="zeros", align_corners=True)[0, :, 0, 0]
-            out[rows[lo:lo + (1 << 18)]] = (total / len(rotations)).T
+            out[rows[lo:lo + chunk]] = (total / len(rotations)).T
         return FourierAccumulator(box, out, self.n_images)
 
     def finalize(self, wiener: float = DEFAULT_WIENER) -> torch.Tensor:
