@@ -17,6 +17,7 @@ from cryorient.conventions import hand_matrix
 from cryorient.density import load_volume
 from cryorient.errors import CryorientError
 from cryorient.evaluation import align_physical, angular_errors, evaluate
+from cryorient.orientation import ambiguity
 from cryorient.orientation.pairs import PairSet, check_distances, choose_pairs
 from cryorient.orientation.recover import pair_loss, recover
 from cryorient.orientation.run import run_recovery
@@ -187,3 +188,25 @@ def test_evaluation_centres_a_map_placed_off_the_truths_centre():
     residual = (ev.centred_origins_angstrom - true_origins).norm(dim=1)
     assert float(residual.median()) < 0.2  # measured 0.12 (the noise added)
     assert float(ev.shift_error_px.median()) > 1.0  # the raw error keeps the offset
+
+
+def test_coarse_candidates_read_the_table_along_its_diagonals():
+    """The coarse common-lines scores of views x in-plane turns, computed once per view and read
+    along the table's diagonals, equal each candidate's own lookup of its nearest table entries."""
+    g = torch.Generator().manual_seed(0)
+    m, p, lc = 40, 500, 45
+    base = so3.sample_rotations(m, g, dtype=torch.float64)  # float64: no angle on a rounding boundary
+    pi = torch.randint(0, m, (p,), generator=g)
+    pj = (pi + 1 + torch.randint(0, m - 1, (p,), generator=g)) % m
+    table = torch.randn(p, lc, lc, generator=g, dtype=torch.float64)
+    grid = ambiguity.coarse_candidates(30, lc).double()
+    rel = ambiguity.relative_rotations(base, pi, pj)
+    fast = ambiguity._coarse_scores(ambiguity.table_diagonals(table), rel, grid, view_chunk=7)
+    ai, aj, s = ambiguity.common_line_angles(rel, grid.reshape(-1, 3, 3))  # (C, P), each candidate alone
+    a, b = ((x * lc / math.pi).round().long() % lc for x in (ai, aj))
+    direct = (s * table[torch.arange(p), a, b]).sum(1) / s.sum(1)
+    assert torch.allclose(fast.reshape(-1), direct, atol=1e-8), (fast.reshape(-1) - direct).abs().max()  # 4e-9
+    # the candidates are rotations whose in-plane turns are pi / lc apart about a shared third column
+    assert torch.allclose(grid[:, 1:, :, 2], grid[:, :1, :, 2].expand(-1, lc - 1, -1), atol=1e-6)
+    step = so3.rotmat_distance(grid[:, 0], grid[:, 1])
+    assert torch.allclose(step, torch.full_like(step, math.pi / lc), atol=1e-5)

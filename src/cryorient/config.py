@@ -303,7 +303,7 @@ class AmbiguityConfig:
     n_pairs: int = 40000  # pairs for re-scoring and refinement
     n_angles: int = 360  # line angles over [0, pi) for the fine search
     coarse_angles: int = 45  # the coarse correlation table (4 deg)
-    n_candidates: int = 8000  # coarse candidates per branch (~9 deg apart)
+    n_candidates: int = 11250  # coarse candidates per branch: 250 views x 45 in-plane (coarse_angles)
     radius_min: float = 2.0  # px (Fourier radius)
     coarse_radius_fraction: float = 0.125  # of the box: smooth lines for the coarse search
     fine_radius_fraction: float = 0.25  # of the box: radii weighted by their measured SNR

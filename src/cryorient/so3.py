@@ -102,6 +102,16 @@ def sample_rotations(
     return euler_to_rotmat(rot, tilt, psi).to(dtype)
 
 
+def fibonacci_directions(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` near-uniform viewing directions (a Fibonacci sphere) as RELION angles
+    ``(rot, tilt)`` in degrees, float64: ``euler_to_rotmat(rot, tilt, 0)`` has them as
+    :func:`viewing_direction`."""
+    k = torch.arange(n, dtype=torch.float64) + 0.5
+    tilt = torch.rad2deg(torch.arccos(1 - 2 * k / n))
+    rot = torch.remainder(k * 180.0 * (3 - math.sqrt(5)), 360.0) - 180.0  # golden angle (deg)
+    return rot, tilt
+
+
 def grid(step_deg: float, dtype=torch.float32) -> torch.Tensor:
     """A deterministic, near-uniform grid of rotations ``(M, 3, 3)`` about ``step_deg`` apart:
     viewing directions on a Fibonacci sphere (one per ``step^2`` steradians) times in-plane
@@ -110,10 +120,7 @@ def grid(step_deg: float, dtype=torch.float32) -> torch.Tensor:
     step = math.radians(step_deg)
     n_dir = max(2, round(4 * math.pi / step**2))
     n_psi = max(1, round(2 * math.pi / step))
-    k = torch.arange(n_dir, dtype=torch.float64) + 0.5
-    z = 1 - 2 * k / n_dir
-    tilt = torch.rad2deg(torch.arccos(z))
-    rot = torch.remainder(k * 180.0 * (3 - math.sqrt(5)), 360.0) - 180.0  # golden angle (deg)
+    rot, tilt = fibonacci_directions(n_dir)
     psi = torch.arange(n_psi, dtype=torch.float64) * (360.0 / n_psi) - 180.0
     r, t, p = (rot[:, None].expand(n_dir, n_psi), tilt[:, None].expand(n_dir, n_psi),
                psi[None, :].expand(n_dir, n_psi))

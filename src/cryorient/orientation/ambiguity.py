@@ -11,7 +11,8 @@ Lines are compared as Fourier *magnitudes* (shift-invariant, so unknown particle
 not matter), CTF-corrected (Wiener) when the STAR carries CTF parameters, whitened by the
 mean radial power and normalised. The score of a candidate is the sin-weighted mean
 correlation over a few thousand image pairs. The search is coarse-to-fine: a table of
-line-line correlations (2 deg) is looked up for ~10^4 candidates ``E`` in each branch, then
+line-line correlations (4 deg) is looked up for a grid of ~10^4 candidates ``E`` in each
+branch (views times in-plane turns, each view's turns read along the table's diagonals), then
 the best few are refined by a pattern search on directly interpolated lines down to 0.02
 deg. Candidates ``E`` and ``E Rz(pi)`` are the two hands and score alike; the reported margin
 compares the winner with the best candidate that is neither (more than 15 deg from both).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +37,7 @@ from ..imaging.align import half_maps, rotation_step
 from ..imaging.batches import tensor_batches
 from ..imaging.render import render
 from ..imaging.translation import translation
-from ..so3 import quat_to_rotmat, rotmat_distance, sample_uniform_quats
+from ..so3 import euler_to_rotmat, fibonacci_directions, rotmat_distance
 
 log = logging.getLogger(__name__)
 
@@ -87,100 +89,149 @@ def normalise_lines(lines: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * math.sqrt(x.shape[-1])
 
 
-def radius_weights(lines: torch.Tensor, rot: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor
-                   ) -> torch.Tensor:
-    """Weights per radius from the common lines of a candidate: with ``rho(r)`` the mean
-    product of the standardised lines at radius r (a correlation coefficient), weight
-    ``rho / (1 - rho)`` (signal over noise; zero where no signal is measured)."""
-    ai, aj, s = common_line_angles(rot[pi], rot[pj])
-    prod = _interp_lines(lines, pi, ai) * _interp_lines(lines, pj, aj)  # (P, R)
+def radius_weights(lines: LineTable, rel: torch.Tensor, e: torch.Tensor, pi: torch.Tensor,
+                   pj: torch.Tensor) -> torch.Tensor:
+    """Weights per radius from the common lines of the candidate ``E`` (see :func:`score_direct`):
+    with ``rho(r)`` the mean product of the standardised lines at radius r (a correlation
+    coefficient), weight ``rho / (1 - rho)`` (signal over noise; zero where no signal is
+    measured)."""
+    ai, aj, s = common_line_angles(rel, e[None])
+    prod = lines.at(pi, ai[0]) * lines.at(pj, aj[0])  # (P, R)
+    s = s[0]
     rho = ((s[:, None] * prod).sum(0) / s.sum().clamp_min(1e-12)).clamp(0.0, 0.95)
     return rho / (1 - rho)
 
 
-def common_line_angles(rot_i: torch.Tensor, rot_j: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """In-plane angles (mod pi) of the common line in images i and j, and ``|n_i x n_j|``.
+def relative_rotations(base: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor) -> torch.Tensor:
+    """``R_i^T R_j`` of the pairs as ``(9, P)`` (row-major entries), what
+    :func:`common_line_angles` needs for every right factor ``E`` of ``base @ E``."""
+    return (base[pi].transpose(-1, -2) @ base[pj]).reshape(-1, 9).T.contiguous()
 
-    With ``M = R_i^T R_j`` the common line ``n_i x n_j`` is ``(-M12, M02)`` in image i and
-    ``(M21, -M20)`` in image j, and its length is ``|(M02, M12)|``: four entries of M."""
-    def entry(a: int, b: int) -> torch.Tensor:
-        return (rot_i[..., :, a] * rot_j[..., :, b]).sum(-1)
 
-    m02, m12, m20, m21 = entry(0, 2), entry(1, 2), entry(2, 0), entry(2, 1)
+# The common line of a pair in terms of M = (R_i E)^T (R_j E) = E^T R_i^T R_j E: the pairs
+# (a, b) of E's columns whose bilinear forms a.(R_i^T R_j) b give the entries M_ab it needs.
+_LINE_ENTRIES = ((0, 2), (1, 2), (2, 0), (2, 1))
+
+
+def common_line_angles(rel: torch.Tensor, cands: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """In-plane angles (mod pi) of the common line in images i and j, and ``|n_i x n_j|``, for
+    orientations ``R @ E`` with ``E`` each of ``cands (C, 3, 3)`` and ``rel`` the pairs'
+    :func:`relative_rotations`: each ``(C, P)``.
+
+    With ``M = (R_i E)^T (R_j E)`` the common line ``n_i x n_j`` is ``(-M12, M02)`` in image i
+    and ``(M21, -M20)`` in image j, and its length is ``|(M02, M12)|``: four entries of M,
+    each a bilinear form ``e_a . (R_i^T R_j) e_b = <R_i^T R_j, e_a e_b^T>``, so one matrix
+    product gives them for all candidates and pairs."""
+    cols = cands.to(rel.dtype).transpose(-1, -2)  # rows: E's columns
+    forms = torch.stack([(cols[:, a, :, None] * cols[:, b, None, :]).reshape(-1, 9)
+                         for a, b in _LINE_ENTRIES], 1)  # (C, 4, 9)
+    m02, m12, m20, m21 = (forms @ rel).unbind(1)
     ai = torch.remainder(torch.atan2(m02, -m12), math.pi)
     aj = torch.remainder(torch.atan2(-m20, m21), math.pi)
     return ai, aj, torch.hypot(m02, m12)
 
 
-def _interp_lines(lines: torch.Tensor, img: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Lines of images ``img`` at continuous angles (linear interpolation, period pi)."""
-    n_angles, radii = lines.shape[1], lines.shape[2]
-    pos = angle * (n_angles / math.pi)
-    k0 = pos.floor().long()
-    t = (pos - k0)[..., None]
-    flat = lines.reshape(-1, radii)
-    row = img * n_angles
+class LineTable:
+    """Normalised lines ``(B, A, R)`` (:func:`normalise_lines`) arranged for interpolation: each
+    row holds an image's line at one angle and the next angle's, so one lookup gives both ends."""
 
-    def at(k: torch.Tensor) -> torch.Tensor:
-        return flat.index_select(0, (row + k % n_angles).reshape(-1)).reshape(*k.shape, radii)
+    def __init__(self, lines: torch.Tensor):
+        self.n_angles, self.radii = lines.shape[1], lines.shape[2]
+        self.rows = torch.cat([lines, lines.roll(-1, dims=1)], dim=-1).reshape(-1, 2 * self.radii)
 
-    a = at(k0)
-    return a + (at(k0 + 1) - a) * t
+    def at(self, img: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+        """Lines of images ``img (P,)`` at continuous angles ``(..., P)`` (linear interpolation,
+        period pi): ``(..., P, R)``."""
+        pos = angle * (self.n_angles / math.pi)
+        k0 = pos.floor()
+        t = (pos - k0)[..., None]
+        rows = img * self.n_angles + k0.long() % self.n_angles
+        a, b = self.rows.index_select(0, rows.reshape(-1)).reshape(*rows.shape, -1).split(self.radii, dim=-1)
+        return a + (b - a) * t
 
 
-def score_direct(lines: torch.Tensor, rot: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor,
-                 weights: torch.Tensor) -> torch.Tensor:
-    """Common-lines score of orientations ``rot (..., M, 3, 3)`` of the subset images: the
-    ``|n_i x n_j|``-weighted mean over pairs of the radius-weighted line correlation."""
-    ai, aj, s = common_line_angles(rot[..., pi, :, :], rot[..., pj, :, :])
-    li = _interp_lines(lines, pi, ai)
-    lj = _interp_lines(lines, pj, aj)
-    corr = (li * lj * weights).sum(-1) / weights.sum().clamp_min(1e-12)
+def score_direct(lines: LineTable, rel: torch.Tensor, cands: torch.Tensor, pi: torch.Tensor,
+                 pj: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Common-lines scores ``(C,)`` of orientations ``R @ E``, ``E`` each of ``cands (C, 3, 3)``
+    and ``rel`` the pairs' :func:`relative_rotations`: the ``|n_i x n_j|``-weighted mean over
+    pairs of the radius-weighted line correlation."""
+    ai, aj, s = common_line_angles(rel, cands)
+    corr = (lines.at(pi, ai) * lines.at(pj, aj)) @ weights
+    corr = corr / weights.sum().clamp_min(1e-12)
     return (s * corr).sum(-1) / s.sum(-1).clamp_min(1e-12)
 
 
-def _coarse_scores(table: torch.Tensor, base: torch.Tensor, cands: torch.Tensor, pi: torch.Tensor,
-                   pj: torch.Tensor, pair_chunk: int = 128, cand_chunk: int = 2048) -> torch.Tensor:
-    """Scores of candidates ``E`` (C, 3, 3) for orientations ``base @ E`` via the table.
+def coarse_candidates(n_views: int, n_inplane: int) -> torch.Tensor:
+    """Right factors ``E = V Rz(k pi / n_inplane)`` ``(n_views, n_inplane, 3, 3)``: ``n_views``
+    rotations ``V`` whose third columns cover the sphere (:func:`so3.fibonacci_directions`), each
+    turned in-plane over [0, pi) (``E`` and ``E Rz(pi)``, the two hands, score alike)."""
+    rot, tilt = fibonacci_directions(n_views)
+    views = euler_to_rotmat(rot, tilt, torch.zeros_like(rot))
+    # euler_to_rotmat(rot, tilt, psi) = euler_to_rotmat(rot, tilt, 0) Rz(-psi)
+    psi = -torch.arange(n_inplane, dtype=torch.float64) * (180.0 / n_inplane)
+    inplane = euler_to_rotmat(torch.zeros_like(psi), torch.zeros_like(psi), psi)
+    return (views[:, None] @ inplane[None]).float()
 
-    With ``M = R_i^T R_j`` and ``E = [e0 e1 e2]``, the common line's in-plane angles are
-    ``atan2(e0.M e2, -e1.M e2)`` in image i and ``atan2(-e2.M e0, e2.M e1)`` in image j, and
-    ``|n_i x n_j| = sqrt(1 - (e2.M e2)^2)``: five bilinear forms ``a.M b = <M, a b^T>``, one
-    matrix product for all candidates and pairs. Pairs are taken in blocks whose tables stay in
-    the cache (the table lookups, not the arithmetic, were the cost)."""
+
+def table_diagonals(table: torch.Tensor) -> torch.Tensor:
+    """The pairs' line correlations ``table (P, Lc, Lc)`` at ``Lc`` angles over [0, pi) by
+    diagonal: ``(P Lc, 2 Lc)``, row ``p Lc + d`` holding ``table[p, a, a + d]`` for ``a`` over
+    two periods (so that any ``Lc`` consecutive entries are contiguous)."""
     p, lc, _ = table.shape
-    rel = (base[pi].transpose(-1, -2) @ base[pj]).reshape(p, 9).T.to(cands.dtype)  # (9, P)
-    e0, e1, e2 = cands[:, :, 0], cands[:, :, 1], cands[:, :, 2]
-    forms = torch.stack([(a[:, :, None] * b[:, None, :]).reshape(-1, 9)
-                         for a, b in ((e0, e2), (e1, e2), (e2, e0), (e2, e1), (e2, e2))], 1)  # (C, 5, 9)
-    num = torch.zeros(cands.shape[0], dtype=table.dtype)
-    den = torch.zeros(cands.shape[0], dtype=table.dtype)
+    k = torch.arange(lc)
+    return table[:, k[None, :], (k[None, :] + k[:, None]) % lc].repeat(1, 1, 2).reshape(p * lc, 2 * lc)
+
+
+def _coarse_scores(diagonals: torch.Tensor, rel: torch.Tensor, cands: torch.Tensor, view_chunk: int = 64
+                   ) -> torch.Tensor:
+    """Scores ``(V, Lc)`` of :func:`coarse_candidates` ``cands (V, Lc, 3, 3)`` from the pairs'
+    line correlations (:func:`table_diagonals`) and ``rel``, their
+    :func:`relative_rotations`: each pair's nearest table entry (the coarse stage finds the
+    basin).
+
+    Turning ``E`` by ``Rz(psi)`` on the right turns the common line by ``psi`` in both images
+    and keeps ``|n_i x n_j|``. So the angles ``(a, b)`` are computed once per view (``k = 0``),
+    and its ``Lc`` in-plane candidates read a pair's table along the diagonal
+    ``(a + k, b + k)``: entries ``a + k`` of the table's row of diagonals ``d = b - a``. The
+    rows weighted by ``|n_i x n_j|`` are summed by ``a`` (a sparse matrix product), and
+    candidate ``k`` sums entry ``a + k`` over ``a``."""
+    lc = cands.shape[1]
+    p = diagonals.shape[0] // lc
+    k = torch.arange(lc)
     per_rad = lc / math.pi  # lines are pi-periodic: the nearest table entry is the angle's index mod lc
-    for lo in range(0, p, pair_chunk):
-        block = table[lo:lo + pair_chunk].reshape(-1)
-        offs = torch.arange(block.shape[0] // (lc * lc)) * (lc * lc)
-        rel_block = rel[:, lo:lo + pair_chunk]
-        for c in range(0, cands.shape[0], cand_chunk):
-            f = forms[c:c + cand_chunk] @ rel_block  # (c, 5, pairs)
-            a = torch.round(torch.atan2(f[:, 0], -f[:, 1]) * per_rad).long() % lc  # nearest entry: the
-            b = torch.round(torch.atan2(-f[:, 2], f[:, 3]) * per_rad).long() % lc  # coarse stage finds the basin
-            s = (1 - f[:, 4] ** 2).clamp_min(0).sqrt()
-            num[c:c + cand_chunk] += (s * block[offs + a * lc + b]).sum(-1)
-            den[c:c + cand_chunk] += s.sum(-1)
-    return num / den.clamp_min(1e-12)
+    out = []
+    for lo in range(0, cands.shape[0], view_chunk):
+        ai, aj, s = common_line_angles(rel, cands[lo:lo + view_chunk, 0])  # (v, P)
+        a = torch.round(ai * per_rad).long() % lc
+        b = torch.round(aj * per_rad).long() % lc
+        v = a.shape[0]
+        rows = (torch.arange(v)[:, None] * lc + a).reshape(-1)  # (view, a): where each pair's row is summed
+        cols = (torch.arange(p) * lc + (b - a) % lc).expand(v, p).reshape(-1)
+        order = torch.argsort(rows, stable=True)
+        crow = torch.zeros(v * lc + 1, dtype=torch.long)
+        crow[1:] = torch.bincount(rows, minlength=v * lc).cumsum(0)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": its product is the one used here
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            weights = torch.sparse_csr_tensor(crow, cols[order], s.reshape(-1)[order], (v * lc, p * lc),
+                                              check_invariants=False)
+            by_a = weights @ diagonals
+        sums = by_a.view(v, lc, 2 * lc).gather(-1, (k[:, None] + k[None, :]).expand(v, lc, lc)).sum(1)
+        out.append(sums / s.sum(1, keepdim=True).clamp_min(1e-12))
+    return torch.cat(out)
 
 
-def _pattern_search(lines, base, e0, pi, pj, weights, start_deg=3.0, stop_deg=0.02
+def _pattern_search(lines: LineTable, rel: torch.Tensor, e0: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor,
+                    weights: torch.Tensor, start_deg: float = 3.0, stop_deg: float = 0.02
                     ) -> tuple[torch.Tensor, float]:
     """Local maximisation of the direct score over ``E = e0 exp(w)``: try +-step along each
     axis, move when better, halve the step otherwise."""
     e = e0.clone()
-    best = float(score_direct(lines, base @ e, pi, pj, weights))
+    best = float(score_direct(lines, rel, e[None], pi, pj, weights)[0])
     step = math.radians(start_deg)
     dirs = torch.cat([torch.eye(3), -torch.eye(3)])
     while step > math.radians(stop_deg):
         trial = e @ roma.rotvec_to_rotmat(dirs * step)  # (6, 3, 3)
-        scores = score_direct(lines, base[None] @ trial[:, None], pi, pj, weights)
+        scores = score_direct(lines, rel, trial, pi, pj, weights)
         k = int(scores.argmax())
         if float(scores[k]) > best:
             best, e = float(scores[k]), trial[k]
@@ -224,36 +275,37 @@ def resolve(rotations: torch.Tensor, images: torch.Tensor, opts: AmbiguityConfig
         radii = torch.arange(opts.radius_min, max(opts.radius_min + 4, fraction * box))
         return normalise_lines(polar_lines(images, n_angles, radii.float(), ctf, pixel_size))
 
-    lines = lines_for(opts.fine_radius_fraction, opts.n_angles)
+    lines = LineTable(lines_for(opts.fine_radius_fraction, opts.n_angles))
     coarse = lines_for(opts.coarse_radius_fraction, opts.coarse_angles)
     pi, pj = _random_pairs(m, opts.n_pairs, generator)
     ci, cj = pi[: opts.coarse_pairs], pj[: opts.coarse_pairs]
     r_coarse = coarse.shape[-1]
     table = torch.cat([coarse[ci[k:k + 4096]] @ coarse[cj[k:k + 4096]].transpose(-1, -2)
                        for k in range(0, ci.shape[0], 4096)]) / r_coarse  # (P, Lc, Lc)
-    cands = quat_to_rotmat(sample_uniform_quats(opts.n_candidates, generator))
-    flat_weights = torch.ones(lines.shape[-1])
+    grid = coarse_candidates(max(2, round(opts.n_candidates / opts.coarse_angles)), opts.coarse_angles)
+    cands = grid.reshape(-1, 3, 3)
+    flat_weights = torch.ones(lines.radii)
+    # the pairs' R_i^T R_j in each branch (transposed: the rotations' transposes)
+    rel = {t: relative_rotations(rotations.transpose(-1, -2) if t else rotations, pi, pj) for t in (False, True)}
+    diagonals = table_diagonals(table)
     z_stats = []
     shortlist = []  # (score on all pairs, transposed, E)
     for transposed in (False, True):
-        base = rotations.transpose(-1, -2) if transposed else rotations
-        sc = _coarse_scores(table, base, cands, ci, cj)
+        sc = _coarse_scores(diagonals, rel[transposed][:, :ci.shape[0]], grid).reshape(-1)
         z_stats.append(sc)
         top = _distinct(cands, torch.argsort(sc, descending=True), opts.rescore_top, 10.0)
-        rescored = score_direct(lines, base[None] @ cands[top][:, None], pi, pj, flat_weights)
+        rescored = score_direct(lines, rel[transposed], cands[top], pi, pj, flat_weights)
         shortlist += [(float(v), transposed, cands[k]) for v, k in zip(rescored, top)]
     shortlist.sort(key=lambda r: -r[0])
     _, t0, e0 = shortlist[0]
-    base0 = rotations.transpose(-1, -2) if t0 else rotations
-    weights = radius_weights(lines, base0 @ e0, pi, pj)
+    weights = radius_weights(lines, rel[t0], e0, pi, pj)
     if float(weights.sum()) <= 0:
         weights = flat_weights
     results = []
     for transposed in (False, True):
-        base = rotations.transpose(-1, -2) if transposed else rotations
         mine = [r for r in shortlist if r[1] == transposed][: opts.refine_top]
         for _, _, c in mine:
-            e, s_ = _pattern_search(lines, base, c, pi, pj, weights)
+            e, s_ = _pattern_search(lines, rel[transposed], c, pi, pj, weights)
             results.append((s_, transposed, e))
     results.sort(key=lambda r: -r[0])
     best_s, best_t, best_e = results[0]
