@@ -124,9 +124,12 @@ def rotate_volume(volume: torch.Tensor, rotation: torch.Tensor, mirror: bool = F
     if shift_px is not None:
         o = o - scale * (shift_px.to(dev, dt) @ g)[:, None]
     grid = torch.baddbmm(o, pts.expand(g.shape[0], -1, 3), g * scale)
-    # the B volumes stacked along z: one grid_sample of (1, B D, D, D) points
-    out = torch.nn.functional.grid_sample(volume[None, None], grid.view(1, -1, box, box, 3), mode="bilinear",
-                                          padding_mode="zeros", align_corners=True)[0, 0]
+    # one grid_sample over a batch of B views of the volume (not copied): it runs in parallel over
+    # the batch, 1.9x faster on two cores than one batch of B D x D x D points (measured, D = 16)
+    n = g.shape[0]
+    out = torch.nn.functional.grid_sample(volume[None, None].expand(n, 1, box, box, box),
+                                          grid.view(n, box, box, box, 3), mode="bilinear",
+                                          padding_mode="zeros", align_corners=True)[:, 0]
     return out.view(rotation.shape[:-2] + (box,) * 3)
 
 
@@ -180,9 +183,18 @@ def _shift_search(moving_ft: torch.Tensor, fixed_ft: torch.Tensor, box: int, lim
 # The coarse search of align_maps runs on a box of at most this size: a step of its grid (4608
 # rotations, nearest neighbours a median 8 degrees apart) moves the rim of a particle that fills
 # a 24 px box by ~1.4 px, so a finer box cannot tell its candidates apart much better, and the
-# polish that decides runs on the full box. Uncapped, a split at 8 Å on a 32 px box
+# polish that decides runs on a finer box (below). Uncapped, a split at 8 Å on a 32 px box
 # (refine.split_mixture) spent 20 of its 23 s resampling 9,216 rotated 32^3 maps.
 ALIGN_COARSE_MAX_SIZE = 24
+# The polish runs on a box this many times the one whose Nyquist is the alignment's resolution
+# (the maps are low-passed to that resolution), at least ALIGN_POLISH_MIN_SIZE and at most the
+# full box; the polished rotation's score and shift are then measured on the full box. Measured
+# (box 64, 2.5 Å/px, 20 Å, the 3kpr_single map turned, shifted and mirrored; the six turns of a
+# step scored in one batch): 3.1 s instead of 11.6 per alignment, the same hands, shifts and
+# residuals. On fewer than 32 px it is not safe: 1ake at 25 Å polished on 20 px instead of 32
+# came out up to 3° off (0.2-0.6° on 32 px).
+ALIGN_POLISH_OVERSAMPLING = 2
+ALIGN_POLISH_MIN_SIZE = 32
 
 
 def align_maps(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, resolution: float = 20.0,
@@ -193,17 +205,22 @@ def align_maps(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, res
     Both maps are low-passed at ``resolution`` Å and resampled to a box where that is Nyquist
     (at most the original box, and at most :data:`ALIGN_COARSE_MAX_SIZE`); a grid of
     ``n_rotations`` rotations (uniform on SO(3)) is scored for each hand, the translation found
-    by FFT cross-correlation for each rotation; the best is refined by a pattern search down to
-    0.25 degrees on the full box. Scores are correlations normalised by the norms (masked by a
-    soft sphere)."""
+    by FFT cross-correlation for each rotation; the best are refined by a pattern search (steps
+    of 4 down to 0.25 degrees) on a box :data:`ALIGN_POLISH_OVERSAMPLING` times finer than the
+    resolution needs (see :data:`ALIGN_POLISH_MIN_SIZE`), and the result is scored and its shift
+    found on the full box. Scores are correlations normalised by the norms (masked by a soft
+    sphere)."""
     from roma import rotvec_to_rotmat
 
     from .so3 import quat_to_rotmat, rotmat_distance, sample_uniform_quats
 
     box = fixed.shape[-1]
     g = generator or torch.Generator().manual_seed(0)
-    small = int(min(box, ALIGN_COARSE_MAX_SIZE, max(16, 2 * round(box * pixel_size / resolution))))
+    band = 2 * round(box * pixel_size / resolution)  # the box whose Nyquist is the resolution
+    small = int(min(box, ALIGN_COARSE_MAX_SIZE, max(16, band)))
     small -= small % 2
+    fine = int(min(box, max(ALIGN_POLISH_MIN_SIZE, ALIGN_POLISH_OVERSAMPLING * band)))
+    fine -= fine % 2
     limit = max_shift_px if max_shift_px is not None else box / 8
 
     def prepare(v: torch.Tensor, size: int) -> torch.Tensor:
@@ -216,28 +233,35 @@ def align_maps(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, res
     fixed_s, moving_s = prepare(fixed, small), prepare(moving, small)
     fixed_ft = torch.fft.rfftn(fixed_s)
     grid = quat_to_rotmat(sample_uniform_quats(n_rotations, g, dtype=torch.float64)).float()
-    # local polish on the full box of the best few coarse candidates of each hand
-    fixed_f, moving_f = prepare(fixed, box), prepare(moving, box)
-    fixed_fft = torch.fft.rfftn(fixed_f)
+    # local polish of the best few coarse candidates of each hand on the fine box
+    maps = {size: (prepare(moving, size), torch.fft.rfftn(prepare(fixed, size))) for size in {fine, box}}
 
-    def score_of(r: torch.Tensor, mirror: bool) -> tuple[float, torch.Tensor]:
+    def score_of(r: torch.Tensor, mirror: bool, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``(B,)`` and shifts ``(B, 3)`` (full-box px) of rotations ``r (B, 3, 3)``."""
+        moving_f, fixed_fft = maps[size]
         v = rotate_volume(moving_f, r, mirror)
-        s, sh = _shift_search(torch.fft.rfftn(v[None], dim=(-3, -2, -1)), fixed_fft, box, limit)
-        return float(s[0]), sh[0]
+        s, sh = _shift_search(torch.fft.rfftn(v, dim=(-3, -2, -1)), fixed_fft, size, limit * size / box)
+        return s, sh * (box / size)
 
     def polish(rot: torch.Tensor, mirror: bool) -> tuple[float, torch.Tensor, torch.Tensor]:
-        best, shift = score_of(rot, mirror)
+        """Pattern search on the fine box: the six turns by ``step`` about the axes scored at
+        once, the best taken if it is better, else the step halved; then the score and the
+        shift of the result on the full box."""
+        s, sh = score_of(rot[None], mirror, fine)
+        best, shift = float(s[0]), sh[0]
         step = math.radians(4.0)
         axes = torch.cat([torch.eye(3), -torch.eye(3)])
-        while step > math.radians(0.25):
-            moved = False
-            for a in axes:
-                trial = rotvec_to_rotmat(a * step) @ rot
-                s, sh = score_of(trial, mirror)
-                if s > best:
-                    best, rot, shift, moved = s, trial, sh, True
-            if not moved:
+        while step > math.radians(0.125):
+            trials = rotvec_to_rotmat(axes * step) @ rot
+            s, sh = score_of(trials, mirror, fine)
+            k = int(s.argmax())
+            if float(s[k]) > best:
+                best, rot, shift = float(s[k]), trials[k], sh[k]
+            else:
                 step /= 2
+        if fine < box:
+            s, sh = score_of(rot[None], mirror, box)
+            best, shift = float(s[0]), sh[0]
         return best, rot, shift
 
     best_by_hand: dict[bool, tuple[float, torch.Tensor, torch.Tensor]] = {}
