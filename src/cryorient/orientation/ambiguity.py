@@ -89,19 +89,6 @@ def normalise_lines(lines: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * math.sqrt(x.shape[-1])
 
 
-def radius_weights(lines: LineTable, rel: torch.Tensor, e: torch.Tensor, pi: torch.Tensor,
-                   pj: torch.Tensor) -> torch.Tensor:
-    """Weights per radius from the common lines of the candidate ``E`` (see :func:`score_direct`):
-    with ``rho(r)`` the mean product of the standardised lines at radius r (a correlation
-    coefficient), weight ``rho / (1 - rho)`` (signal over noise; zero where no signal is
-    measured)."""
-    ai, aj, s = common_line_angles(rel, e[None])
-    prod = lines.at(pi, ai[0]) * lines.at(pj, aj[0])  # (P, R)
-    s = s[0]
-    rho = ((s[:, None] * prod).sum(0) / s.sum().clamp_min(1e-12)).clamp(0.0, 0.95)
-    return rho / (1 - rho)
-
-
 def relative_rotations(base: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor) -> torch.Tensor:
     """``R_i^T R_j`` of the pairs as ``(9, P)`` (row-major entries), what
     :func:`common_line_angles` needs for every right factor ``E`` of ``base @ E``."""
@@ -159,6 +146,19 @@ def score_direct(lines: LineTable, rel: torch.Tensor, cands: torch.Tensor, pi: t
     corr = (lines.at(pi, ai) * lines.at(pj, aj)) @ weights
     corr = corr / weights.sum().clamp_min(1e-12)
     return (s * corr).sum(-1) / s.sum(-1).clamp_min(1e-12)
+
+
+def radius_weights(lines: LineTable, rel: torch.Tensor, e: torch.Tensor, pi: torch.Tensor,
+                   pj: torch.Tensor) -> torch.Tensor:
+    """Weights per radius from the common lines of the candidate ``E`` (see :func:`score_direct`):
+    with ``rho(r)`` the mean product of the standardised lines at radius r (a correlation
+    coefficient), weight ``rho / (1 - rho)`` (signal over noise; zero where no signal is
+    measured)."""
+    ai, aj, s = common_line_angles(rel, e[None])
+    prod = lines.at(pi, ai[0]) * lines.at(pj, aj[0])  # (P, R)
+    s = s[0]
+    rho = ((s[:, None] * prod).sum(0) / s.sum().clamp_min(1e-12)).clamp(0.0, 0.95)
+    return rho / (1 - rho)
 
 
 def coarse_candidates(n_views: int, n_inplane: int) -> torch.Tensor:
