@@ -8,6 +8,7 @@ package uses rotation matrices or unit quaternions.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import roma
 import torch
@@ -125,6 +126,28 @@ def grid(step_deg: float, dtype=torch.float32) -> torch.Tensor:
     r, t, p = (rot[:, None].expand(n_dir, n_psi), tilt[:, None].expand(n_dir, n_psi),
                psi[None, :].expand(n_dir, n_psi))
     return euler_to_rotmat(r.reshape(-1), t.reshape(-1), p.reshape(-1)).to(dtype)
+
+
+def pattern_search(score: Callable[[torch.Tensor], torch.Tensor], rot: torch.Tensor, start_deg: float,
+                   stop_deg: float, left: bool = False) -> tuple[torch.Tensor, float]:
+    """Local maximisation of ``score`` (rotations ``(B, 3, 3)`` -> scores ``(B,)``) about ``rot``:
+    the six turns by ``step`` about the axes (``rot @ exp(w)``, or ``exp(w) @ rot`` with
+    ``left``) scored at once, the best taken if it beats the current rotation, else the step
+    halved, from ``start_deg`` until it is at most ``stop_deg``. Returns the rotation and its
+    score."""
+    best = float(score(rot[None])[0])
+    step = math.radians(start_deg)
+    axes = torch.cat([torch.eye(3), -torch.eye(3)]).to(rot)
+    while step > math.radians(stop_deg):
+        turns = roma.rotvec_to_rotmat(axes * step)
+        trials = turns @ rot if left else rot @ turns
+        scores = score(trials)
+        k = int(scores.argmax())
+        if float(scores[k]) > best:
+            best, rot = float(scores[k]), trials[k]
+        else:
+            step /= 2
+    return rot, best
 
 
 def geodesic_distance(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:

@@ -210,9 +210,7 @@ def align_maps(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, res
     resolution needs (see :data:`ALIGN_POLISH_MIN_SIZE`), and the result is scored and its shift
     found on the full box. Scores are correlations normalised by the norms (masked by a soft
     sphere)."""
-    from roma import rotvec_to_rotmat
-
-    from .so3 import quat_to_rotmat, rotmat_distance, sample_uniform_quats
+    from .so3 import pattern_search, quat_to_rotmat, rotmat_distance, sample_uniform_quats
 
     box = fixed.shape[-1]
     g = generator or torch.Generator().manual_seed(0)
@@ -244,25 +242,11 @@ def align_maps(moving: torch.Tensor, fixed: torch.Tensor, pixel_size: float, res
         return s, sh * (box / size)
 
     def polish(rot: torch.Tensor, mirror: bool) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """Pattern search on the fine box: the six turns by ``step`` about the axes scored at
-        once, the best taken if it is better, else the step halved; then the score and the
-        shift of the result on the full box."""
-        s, sh = score_of(rot[None], mirror, fine)
-        best, shift = float(s[0]), sh[0]
-        step = math.radians(4.0)
-        axes = torch.cat([torch.eye(3), -torch.eye(3)])
-        while step > math.radians(0.125):
-            trials = rotvec_to_rotmat(axes * step) @ rot
-            s, sh = score_of(trials, mirror, fine)
-            k = int(s.argmax())
-            if float(s[k]) > best:
-                best, rot, shift = float(s[k]), trials[k], sh[k]
-            else:
-                step /= 2
-        if fine < box:
-            s, sh = score_of(rot[None], mirror, box)
-            best, shift = float(s[0]), sh[0]
-        return best, rot, shift
+        """A pattern search (steps of 4 down to 0.25 degrees) on the fine box; then the score
+        and the shift of the result on the full box."""
+        rot, _ = pattern_search(lambda r: score_of(r, mirror, fine)[0], rot, 4.0, 0.125, left=True)
+        s, sh = score_of(rot[None], mirror, box)
+        return float(s[0]), rot, sh[0]
 
     best_by_hand: dict[bool, tuple[float, torch.Tensor, torch.Tensor]] = {}
     for mirror in ((False, True) if allow_mirror else (False,)):

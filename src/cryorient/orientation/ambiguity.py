@@ -24,6 +24,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import roma
@@ -37,7 +38,7 @@ from ..imaging.align import half_maps, rotation_step
 from ..imaging.batches import tensor_batches
 from ..imaging.render import render
 from ..imaging.translation import translation
-from ..so3 import euler_to_rotmat, fibonacci_directions, rotmat_distance
+from ..so3 import euler_to_rotmat, fibonacci_directions, pattern_search, rotmat_distance
 
 log = logging.getLogger(__name__)
 
@@ -220,26 +221,6 @@ def _coarse_scores(diagonals: torch.Tensor, rel: torch.Tensor, cands: torch.Tens
     return torch.cat(out)
 
 
-def _pattern_search(lines: LineTable, rel: torch.Tensor, e0: torch.Tensor, pi: torch.Tensor, pj: torch.Tensor,
-                    weights: torch.Tensor, start_deg: float = 3.0, stop_deg: float = 0.02
-                    ) -> tuple[torch.Tensor, float]:
-    """Local maximisation of the direct score over ``E = e0 exp(w)``: try +-step along each
-    axis, move when better, halve the step otherwise."""
-    e = e0.clone()
-    best = float(score_direct(lines, rel, e[None], pi, pj, weights)[0])
-    step = math.radians(start_deg)
-    dirs = torch.cat([torch.eye(3), -torch.eye(3)])
-    while step > math.radians(stop_deg):
-        trial = e @ roma.rotvec_to_rotmat(dirs * step)  # (6, 3, 3)
-        scores = score_direct(lines, rel, trial, pi, pj, weights)
-        k = int(scores.argmax())
-        if float(scores[k]) > best:
-            best, e = float(scores[k]), trial[k]
-        else:
-            step /= 2
-    return e, best
-
-
 def _random_pairs(m: int, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     n = min(n, m * (m - 1) // 2)
     pi = torch.randint(0, m, (2 * n + 16,), generator=generator)
@@ -304,8 +285,9 @@ def resolve(rotations: torch.Tensor, images: torch.Tensor, opts: AmbiguityConfig
     results = []
     for transposed in (False, True):
         mine = [r for r in shortlist if r[1] == transposed][: opts.refine_top]
-        for _, _, c in mine:
-            e, s_ = _pattern_search(lines, rel[transposed], c, pi, pj, weights)
+        for _, _, c in mine:  # E = c exp(w): local maximisation of the direct score down to 0.02 deg
+            e, s_ = pattern_search(partial(score_direct, lines, rel[transposed], pi=pi, pj=pj, weights=weights),
+                                   c, 3.0, 0.02)
             results.append((s_, transposed, e))
     results.sort(key=lambda r: -r[0])
     best_s, best_t, best_e = results[0]

@@ -726,7 +726,7 @@ def _rounds(stack: ParticleStack, state: _State, cfg: RefineConfig, max_rounds: 
                 # a step at most half the coarsest: a grid of twice the step, then each image's
                 # best coarse poses on a lattice of the step about them (search_grids)
                 grid, deltas = search_grids(step, cfg, ops)
-                found = global_search(images, ctf_h, px_s, prepared, grid.to(device), cutoff, window,
+                found = global_search(images, ctf_h, px_s, prepared, grid, cutoff, window,
                                       origins_px=o_h if state.have_poses else None, deltas=deltas,
                                       keep=COARSE_KEEP)
                 candidates["search"] = (found.rotations.to(device), -found.shifts_px.to(device))
